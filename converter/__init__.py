@@ -1,0 +1,1 @@
+"""HF hub-layout checkpoint -> GGUF files (installed as phi4mm.converter)."""

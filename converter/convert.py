@@ -1,0 +1,124 @@
+"""`phi4mm convert`: a hub-layout checkpoint -> text decoder, two LoRA adapters, vision and audio
+encoder GGUF files plus a manifest, written atomically (manifest last) with progress."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from phi4mm.converter import names
+from phi4mm.converter.audio import audio_plan
+from phi4mm.converter.checkpoint import Checkpoint
+from phi4mm.converter.hubconfig import HubConfig, parse_hub_config
+from phi4mm.converter.lora import lora_plan
+from phi4mm.converter.plan import FilePlan
+from phi4mm.converter.source import resolve_source
+from phi4mm.converter.text import text_plan
+from phi4mm.converter.tokenizer import read_vocabulary
+from phi4mm.converter.vision import vision_plan
+from phi4mm.converter.write import partial_path, write_json_atomic, write_plan
+from phi4mm.errors import ConversionError, InputError
+
+QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
+ENCODER_TYPES = ("f16", "f32")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+Progress = Callable[[str, int, int], None]
+
+
+def build_plans(hub: HubConfig, vocab, quant: str, encoder_type: str) -> dict[str, FilePlan]:
+    """One plan per output file; a quantized text decoder is first written as exact bf16."""
+    direct = quant in ("f32", "f16", "bf16")
+    lora_type = quant if direct else "q8_0"
+    return {
+        "text": text_plan(hub, vocab, quant if direct else "bf16", f"phi4mm-text-{quant}.gguf"),
+        "vision_lora": lora_plan(hub, hub.loras[0], lora_type, f"phi4mm-lora-vision-{lora_type}.gguf"),
+        "speech_lora": lora_plan(hub, hub.loras[1], lora_type, f"phi4mm-lora-speech-{lora_type}.gguf"),
+        "vision": vision_plan(hub, encoder_type, f"phi4mm-vision-{encoder_type}.gguf"),
+        "audio": audio_plan(hub, encoder_type, f"phi4mm-audio-{encoder_type}.gguf"),
+    }
+
+
+def skipped_keys(keys: set[str], hub: HubConfig) -> dict[str, str]:
+    """Checkpoint keys inference never reads, each with its reason."""
+    skipped = {}
+    layer_prefix = names.IMAGE_PREFIX + "img_processor.encoder.layers."
+    for key in keys:
+        for prefix, reason in names.SKIPPED_PREFIXES:
+            if key.startswith(prefix):
+                skipped[key] = reason
+        if key.startswith(layer_prefix) and int(key[len(layer_prefix):].split(".")[0]) >= hub.vision.n_layers_used:
+            skipped[key] = names.SKIPPED_VISION_LAYER_REASON
+    return skipped
+
+
+def check_plans(ckpt: Checkpoint, plans: dict[str, FilePlan], hub: HubConfig) -> dict[str, str]:
+    """Every key used exactly once or skipped with a reason; every source shape as expected."""
+    claimed = Counter(src for plan in plans.values() for src in plan.sources)
+    twice = sorted(k for k, n in claimed.items() if n > 1)
+    if twice:
+        raise ConversionError(f"keys claimed twice by the name tables: {twice[:5]}")
+    keys = set(ckpt.tensors)
+    absent = sorted(set(claimed) - keys)
+    if absent:
+        raise ConversionError(f"the checkpoint lacks {len(absent)} expected tensors, e.g. {absent[:5]}")
+    skipped = skipped_keys(keys, hub)
+    unclaimed = sorted(keys - set(claimed) - set(skipped))
+    if unclaimed:
+        raise ConversionError(f"{len(unclaimed)} checkpoint tensors have no mapping, e.g. {unclaimed[:5]}")
+    for plan in plans.values():
+        for t in plan.tensors:
+            if t.source is not None and ckpt.shape(t.source) != t.source_shape:
+                raise ConversionError(f"{t.source}: shape {ckpt.shape(t.source)} in the checkpoint, "
+                                      f"expected {t.source_shape} from config.json")
+    return skipped
+
+
+def convert(src: str | Path, out_dir: Path, quant: str = "q4_k_m", encoder_type: str = "f16",
+            n_threads: int = 0, progress: Progress | None = None, revision: str | None = None) -> dict:
+    """Convert src (directory or repo id) into out_dir; returns the manifest written last."""
+    if quant not in QUANTS:
+        raise InputError(f"quant is {quant!r}, expected one of {', '.join(QUANTS)}", param="quant")
+    if encoder_type not in ENCODER_TYPES:
+        raise InputError(f"encoder type is {encoder_type!r}, expected f16 or f32", param="encoder_type")
+    started = time.monotonic()
+    source = resolve_source(src, revision)
+    ckpt = Checkpoint(source.root)
+    hub = parse_hub_config(ckpt.config, ckpt.preprocessor)
+    vocab = read_vocabulary(source.root, hub.text.vocab_size)
+    plans = build_plans(hub, vocab, quant, encoder_type)
+    skipped = check_plans(ckpt, plans, hub)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the end
+    files = {}
+    for role, plan in plans.items():
+        path = out_dir / plan.filename
+        if role == "text" and quant not in ("f32", "f16", "bf16"):
+            files[role] = _write_quantized(plan, path, ckpt, quant, n_threads, progress)
+        else:
+            files[role] = {"name": plan.filename, "bytes": write_plan(plan, path, ckpt, progress, role)}
+    manifest = {
+        "format": MANIFEST_FORMAT, "source": source.name, "revision": source.revision,
+        "quant": quant, "encoder_type": encoder_type, "files": files,
+        "skipped_tensors": len(skipped), "seconds": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _write_quantized(plan: FilePlan, path: Path, ckpt: Checkpoint, quant: str, n_threads: int,
+                     progress: Progress | None) -> dict:
+    from phi4mm.converter.quantize import quantize_file
+
+    exact = path.with_name(path.stem + ".bf16-source.gguf")
+    try:
+        write_plan(plan, exact, ckpt, progress, "text (bf16)")
+        quantize_file(exact, path, quant, n_threads, progress)
+    finally:
+        exact.unlink(missing_ok=True)
+        partial_path(exact).unlink(missing_ok=True)
+    return {"name": path.name, "bytes": os.path.getsize(path)}

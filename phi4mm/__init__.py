@@ -1,0 +1,28 @@
+"""Phi-4-multimodal-instruct on llama.cpp: exact to the reference, fast on a CPU, from Python."""
+
+from phi4mm.errors import (
+    ConfigError,
+    ContextOverflowError,
+    ConversionError,
+    EngineError,
+    InputError,
+    MediaError,
+    ModelNotFoundError,
+    OverloadedError,
+    Phi4MMError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Phi4MM", "Phi4MMError", "ConfigError", "ConversionError", "ModelNotFoundError", "InputError",
+    "MediaError", "ContextOverflowError", "OverloadedError", "EngineError", "__version__",
+]
+
+
+def __getattr__(name: str):
+    if name == "Phi4MM":  # lazy: importing the package must not load llama.cpp
+        from phi4mm.api import Phi4MM
+
+        return Phi4MM
+    raise AttributeError(name)

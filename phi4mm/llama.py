@@ -1,0 +1,293 @@
+"""The only module that imports llama_cpp: one small owner class per C handle (model, adapter,
+context with its batches, sampler), embedding injection, LoRA sets and the quantizer.
+
+llamacpp-notes.md §3 (quantizer), §4 (LoRA), §5 (embedding batches), §7 (gotchas).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from phi4mm.errors import ConfigError, ConversionError, EngineError
+
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter off by default
+
+FTYPES = {
+    "f32": llama_cpp.LLAMA_FTYPE_ALL_F32,
+    "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+    "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
+    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+    "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
+    "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+}
+_backend_ready = False
+
+
+def _backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def system_info() -> str:
+    return llama_cpp.llama_print_system_info().decode()
+
+
+def quantize_model(src: Path, dst: Path, quant: str, n_threads: int) -> None:
+    """llama.cpp's own `llama_model_quantize` (llamacpp-notes §3): src GGUF -> dst GGUF of `quant`."""
+    _backend()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = n_threads
+    params.ftype = FTYPES[quant]
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise ConversionError(f"llama_model_quantize({src.name} -> {quant}) failed with status {rc}")
+
+
+class Model:
+    """A loaded text decoder (`llama_model *`) and its vocabulary."""
+
+    def __init__(self, path: Path, use_mmap: bool = False):
+        _backend()
+        params = llama_cpp.llama_model_default_params()
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise ConfigError(f"llama.cpp could not load {path} as a text decoder GGUF", key=str(path))
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = llama_cpp.llama_model_n_embd_inp(self.ptr)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
+        self._pieces: dict[int, bytes] = {}
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else None
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text -> token ids, special tokens parsed (as the HF processor does), no BOS (spec §8)."""
+        data = text.encode()
+        n_max = len(data) + 8
+        out = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), out, n_max, False, True)
+        if n < 0:
+            raise EngineError(f"llama_tokenize needed {-n} slots, had {n_max}")
+        return list(out[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token renders to; control tokens render empty."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(256)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            cached = buf.raw[:max(n, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Adapter:
+    """A GGUF LoRA adapter (`llama_adapter_lora *`), owned by its model."""
+
+    def __init__(self, model: Model, path: Path):
+        self.path = path
+        self.ptr = llama_cpp.llama_adapter_lora_init(model.ptr, str(path).encode())
+        if not self.ptr:
+            raise ConfigError(f"llama.cpp could not load the LoRA adapter {path}", key=str(path))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_adapter_lora_free(self.ptr)
+            self.ptr = None
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    n_ctx: int
+    n_batch: int = 512
+    n_threads: int = 0          # 0: all cores available to this process
+    flash_attn: bool | None = None  # None: llama.cpp decides
+
+
+class Context:
+    """A `llama_context *` for one sequence, with reusable token and embedding batches."""
+
+    def __init__(self, model: Model, settings: ContextSettings):
+        params = llama_cpp.llama_context_default_params()
+        threads = settings.n_threads or default_threads()
+        params.n_ctx = settings.n_ctx
+        params.n_batch = params.n_ubatch = settings.n_batch
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = threads
+        if settings.flash_attn is not None:
+            params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn
+                                      else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self.model = model
+        self.ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise EngineError(f"llama.cpp could not create a context of {settings.n_ctx} tokens")
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ptr)
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self.ptr)
+        self.n_batch = settings.n_batch
+        self._memory = llama_cpp.llama_get_memory(self.ptr)
+        self._tokens = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._embd = llama_cpp.llama_batch_init(self.n_batch, model.n_embd, 1)
+        self._adapters: tuple[tuple[int, float], ...] = ()
+
+    def set_adapters(self, adapters: Sequence[tuple[Adapter, float]]) -> bool:
+        """Make exactly these adapters active; True if the set changed (the KV is then stale)."""
+        key = tuple((ctypes.cast(a.ptr, ctypes.c_void_p).value or 0, s) for a, s in adapters)
+        if key == self._adapters:
+            return False
+        n = len(adapters)
+        if n:
+            ptrs = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*[a.ptr for a, _ in adapters])
+            scales = (ctypes.c_float * n)(*[s for _, s in adapters])
+            rc = llama_cpp.llama_set_adapters_lora(self.ptr, ptrs, n, scales)
+        else:
+            rc = llama_cpp.llama_set_adapters_lora(self.ptr, None, 0, None)
+        if rc != 0:
+            raise EngineError(f"llama_set_adapters_lora failed with status {rc}")
+        self._adapters = key
+        return True
+
+    def truncate(self, n_keep: int) -> None:
+        """Drop KV entries from position n_keep on (0 clears the sequence)."""
+        if n_keep == 0:
+            llama_cpp.llama_memory_clear(self._memory, True)
+        elif not llama_cpp.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
+            raise EngineError(f"llama_memory_seq_rm could not drop positions from {n_keep}")
+
+    def decode_tokens(self, tokens: Sequence[int], pos0: int, want_logits: bool) -> None:
+        """Decode tokens at positions pos0..; logits only for the very last one when asked."""
+        b = self._tokens
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start:start + self.n_batch]
+            last_part = start + len(part) == len(tokens)
+            for i, tok in enumerate(part):
+                b.token[i] = tok
+                b.pos[i] = pos0 + start + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = 0
+            b.logits[len(part) - 1] = int(want_logits and last_part)
+            b.n_tokens = len(part)
+            self._decode(b)
+
+    def decode_embeddings(self, rows: np.ndarray, pos0: int) -> None:
+        """Decode float32 rows (n, n_embd) as input embeddings at pos0..; no logits (notes §5)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.model.n_embd:
+            raise EngineError(f"embedding rows have shape {rows.shape}, expected (n, {self.model.n_embd})")
+        b = self._embd
+        for start in range(0, rows.shape[0], self.n_batch):
+            part = rows[start:start + self.n_batch]
+            ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
+            for i in range(part.shape[0]):
+                b.pos[i] = pos0 + start + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = 0
+            b.n_tokens = part.shape[0]
+            self._decode(b)
+
+    def _decode(self, batch: llama_cpp.llama_batch) -> None:
+        rc = llama_cpp.llama_decode(self.ptr, batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed with status {rc} ({batch.n_tokens} rows)")
+
+    def last_logits(self) -> np.ndarray:
+        """float32 (n_vocab,) copy of the logits of the last position decoded with logits on."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, -1)
+        if not ptr:
+            raise EngineError("no logits available: the last decode did not request them")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_batch_free(self._tokens)
+            llama_cpp.llama_batch_free(self._embd)
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    grammar: str | None = None  # GBNF, root rule "root"
+
+
+class Sampler:
+    """A llama.cpp sampler chain: grammar, penalties, top-k, top-p, min-p, temperature, draw."""
+
+    def __init__(self, model: Model, s: SamplerSettings):
+        self.ptr = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if s.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, s.grammar.encode(), b"root")
+            if not grammar:
+                self.close()
+                raise EngineError("llama.cpp rejected the generated grammar")
+            self._add(grammar)
+        if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+            self._add(llama_cpp.llama_sampler_init_penalties(
+                model.n_vocab, s.penalty_last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty))
+        if s.temperature <= 0.0:
+            self._add(llama_cpp.llama_sampler_init_greedy())
+            return
+        if s.top_k > 0:
+            self._add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0.0:
+            self._add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+        self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
+        seed = llama_cpp.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF
+        self._add(llama_cpp.llama_sampler_init_dist(seed))
+
+    def _add(self, sampler: object) -> None:
+        llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
+
+    def sample(self, ctx: Context) -> int:
+        """Draw the next token from the last logits and record it (penalties, grammar)."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, -1))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP server (installed as phi4mm.server)."""
