@@ -15,7 +15,7 @@ from phi4mm.converter.checkpoint import Checkpoint
 from phi4mm.converter.hubconfig import HubConfig, parse_hub_config
 from phi4mm.converter.lora import lora_plan
 from phi4mm.converter.plan import FilePlan
-from phi4mm.converter.source import resolve_source
+from phi4mm.converter.source import Source, resolve_source
 from phi4mm.converter.text import text_plan
 from phi4mm.converter.tokenizer import read_vocabulary
 from phi4mm.converter.vision import vision_plan
@@ -77,7 +77,7 @@ def check_plans(ckpt: Checkpoint, plans: dict[str, FilePlan], hub: HubConfig) ->
     return skipped
 
 
-def convert(src: str | Path, out_dir: Path, quant: str = "q4_k_m", encoder_type: str = "f16",
+def convert(src: str | Path | Source, out_dir: Path, quant: str = "q4_k_m", encoder_type: str = "f16",
             n_threads: int = 0, progress: Progress | None = None, revision: str | None = None) -> dict:
     """Convert src (directory or repo id) into out_dir; returns the manifest written last."""
     if quant not in QUANTS:
@@ -85,7 +85,7 @@ def convert(src: str | Path, out_dir: Path, quant: str = "q4_k_m", encoder_type:
     if encoder_type not in ENCODER_TYPES:
         raise InputError(f"encoder type is {encoder_type!r}, expected f16 or f32", param="encoder_type")
     started = time.monotonic()
-    source = resolve_source(src, revision)
+    source = src if isinstance(src, Source) else resolve_source(src, revision)
     ckpt = Checkpoint(source.root)
     hub = parse_hub_config(ckpt.config, ckpt.preprocessor)
     vocab = read_vocabulary(source.root, hub.text.vocab_size)

@@ -291,3 +291,14 @@ class Sampler:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
+
+
+def json_grammar(schema: dict | None) -> str:
+    """GBNF for any JSON object (schema None) or for a JSON schema, via llama.cpp's converter."""
+    from llama_cpp import llama_grammar
+
+    if schema is None:
+        return llama_grammar.JSON_GBNF
+    import json
+
+    return llama_grammar.json_schema_to_gbnf(json.dumps(schema))

@@ -1,0 +1,149 @@
+"""The public Python API: `Phi4MM.from_pretrained(...)`, `create_chat_completion(...)` returning
+OpenAI-shaped dicts (or a generator of chunks), and `prompt_logits(...)`."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phi4mm import llama, store
+from phi4mm.engine import Engine, EngineSettings, Prepared, Usage
+from phi4mm.errors import InputError
+from phi4mm.files import ModelFiles
+from phi4mm.media import MediaLimits
+from phi4mm.params import make_params
+
+
+class Phi4MM:
+    """A loaded Phi-4-multimodal-instruct. One request runs at a time (calls are serialised)."""
+
+    def __init__(self, files: ModelFiles, settings: EngineSettings = EngineSettings(), name: str | None = None):
+        self.files = files
+        self.name = name or files.source
+        self.engine = Engine(files, settings)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path = store.DEFAULT_MODEL, quant: str | None = None,
+                        n_ctx: int = 8192, n_threads: int = 0, n_batch: int = 512,
+                        dynamic_hd: int | None = None, image_cache_mb: int = 512,
+                        media_limits: MediaLimits | None = None, flash_attn: bool | None = None,
+                        use_mmap: bool = False, cache_dir: str | Path | None = None,
+                        encoder_type: str = "f16",
+                        progress: Callable[[str, int, int], None] | None = None) -> Phi4MM:
+        """Load a converted directory, or convert a hub-layout directory / hub repo id once
+        (into `cache_dir`, default ~/.cache/phi4mm) and load that."""
+        if not isinstance(n_ctx, int) or n_ctx < 16:
+            raise InputError(f"n_ctx is {n_ctx!r}, expected an integer >= 16", param="n_ctx")
+        files = store.locate(model, quant, encoder_type, cache_dir, progress, n_threads)
+        settings = EngineSettings(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, flash_attn=flash_attn,
+                                  use_mmap=use_mmap, dynamic_hd=dynamic_hd,
+                                  image_cache_bytes=image_cache_mb << 20,
+                                  media_limits=media_limits or MediaLimits())
+        return cls(files, settings, name=str(model))
+
+    def create_chat_completion(self, messages: Any, max_tokens: int | None = None,
+                               temperature: float | None = None, top_p: float | None = None,
+                               top_k: int | None = None, min_p: float | None = None,
+                               frequency_penalty: float | None = None, presence_penalty: float | None = None,
+                               repeat_penalty: float | None = None, stop: str | list[str] | None = None,
+                               seed: int | None = None, stream: bool = False,
+                               response_format: dict | None = None, dynamic_hd: int | None = None,
+                               media_limits: MediaLimits | None = None) -> dict | Iterator[dict]:
+        """OpenAI-shaped `chat.completion` dict, or a generator of `chat.completion.chunk` dicts
+        whose last chunk carries `finish_reason` and `usage`. Input errors raise before any output."""
+        params = make_params(max_tokens, temperature, top_p, top_k, min_p, frequency_penalty,
+                             presence_penalty, repeat_penalty, stop, seed, dynamic_hd,
+                             _grammar(response_format))
+        with self._lock:
+            prepared, image_s = self.engine.prepare(messages, params.dynamic_hd, media_limits)
+            self.engine.check_fits(prepared, 1)
+        chunks = self._generate(prepared, params, image_s)
+        return self._stream(chunks) if stream else self._collect(chunks)
+
+    def prompt_logits(self, messages: Any, dynamic_hd: int | None = None,
+                      media_limits: MediaLimits | None = None) -> np.ndarray:
+        """float32 (vocab,) next-token logits after the prompt (chat template + generation prompt)."""
+        make_params(dynamic_hd=dynamic_hd)
+        with self._lock:
+            prepared, _ = self.engine.prepare(messages, dynamic_hd, media_limits)
+            return self.engine.prompt_logits(prepared)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.engine.model.tokenize(text)
+
+    def _generate(self, prepared: Prepared, params, image_s: float) -> Iterator[tuple[str, str | None, Usage]]:
+        usage = Usage(image_seconds=image_s)
+        with self._lock:
+            for chunk in self.engine.generate(prepared, params, usage):
+                yield chunk.text, chunk.finish_reason, usage
+
+    def _collect(self, chunks: Iterator[tuple[str, str | None, Usage]]) -> dict:
+        parts, finish, usage = [], None, Usage()
+        for text, finish, usage in chunks:
+            parts.append(text)
+        return {
+            "id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                         "logprobs": None, "finish_reason": finish}],
+            "usage": usage.as_dict(),
+        }
+
+    def _stream(self, chunks: Iterator[tuple[str, str | None, Usage]]) -> Iterator[dict]:
+        head = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.name}
+        yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None, "finish_reason": None}]}
+        for text, finish, usage in chunks:
+            if finish is None:
+                yield {**head, "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None,
+                                            "finish_reason": None}]}
+                continue
+            delta = {"content": text} if text else {}
+            yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                   "usage": usage.as_dict()}
+
+    def close(self) -> None:
+        with self._lock:
+            self.engine.close()
+
+    def __enter__(self) -> Phi4MM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _grammar(response_format: Any) -> str | None:
+    """OpenAI response_format -> llama.cpp GBNF (None for plain text)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return llama.json_grammar(None)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InputError("response_format.json_schema.schema must be a JSON schema object, "
+                             f"got {schema!r}", param="response_format")
+        try:
+            return llama.json_grammar(schema)
+        except Exception as exc:  # the converter raises assorted errors on schemas it can't handle
+            raise InputError(f"response_format.json_schema could not be turned into a grammar: {exc}",
+                             param="response_format") from exc
+    raise InputError(f"response_format.type is {kind!r}, expected 'text', 'json_object' or 'json_schema'",
+                     param="response_format")
