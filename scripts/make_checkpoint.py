@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ckpt_safetensors import f32_to_bf16_bits, plan_shards, write_safetensors  # noqa: E402
-from ckpt_tokenizer import o200k_bpe, synthetic_bpe, write_tokenizer_files  # noqa: E402
+from ckpt_tokenizer import SPECIAL_TOKENS, o200k_bpe, synthetic_bpe, write_tokenizer_files  # noqa: E402
 
 VOCAB = 200064
 IMAGE_PREFIX = "model.embed_tokens_extend.image_embed."
@@ -247,20 +247,33 @@ def init_stats(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
         return 0.0, 0.5
     fan_in = int(np.prod(shape[1:]))
     gain = 2.0 if "qkv_proj.base_layer" in name or "q_proj" in name or "k_proj" in name else 1.0
+    if "o_proj.base_layer" in name or "down_proj.base_layer" in name:
+        gain = 4.0  # strong residual branches: a random tied model otherwise just repeats its input
     if ".lora_B." in name:
         gain = 0.5
     return 0.0, gain / np.sqrt(fan_in)
 
 
 def random_chunks(name: str, shape: tuple[int, ...], rng: np.random.Generator,
-                  chunk_values: int = 1 << 24) -> Iterator[np.ndarray]:
-    """bf16 bits of seeded N(mean, std) values, yielded in bounded chunks."""
+                  row_scale: np.ndarray | None = None, chunk_rows: int = 1 << 14) -> Iterator[np.ndarray]:
+    """bf16 bits of seeded N(mean, std) values (rows scaled by row_scale), in bounded chunks."""
     mean, std = init_stats(name, shape)
-    remaining = int(np.prod(shape, dtype=np.int64))
-    while remaining:
-        n = min(remaining, chunk_values)
-        yield f32_to_bf16_bits(rng.standard_normal(n, dtype=np.float32) * np.float32(std) + np.float32(mean))
-        remaining -= n
+    rows = shape[0] if len(shape) > 1 else 1
+    row_values = int(np.prod(shape, dtype=np.int64)) // rows
+    for start in range(0, rows, chunk_rows):
+        n = min(chunk_rows, rows - start)
+        values = rng.standard_normal((n, row_values), dtype=np.float32) * np.float32(std) + np.float32(mean)
+        if row_scale is not None:
+            values *= row_scale[start:start + n, None]
+        yield f32_to_bf16_bits(values).reshape(-1)
+
+
+def unused_rows_damped(vocab_ids: set[int], n_rows: int, factor: float = 0.05) -> np.ndarray:
+    """Embedding rows of ids the tokenizer never emits are nearly untrained in a real model:
+    damp them so a random tiny model mostly predicts real tokens."""
+    scale = np.full(n_rows, factor, dtype=np.float32)
+    scale[sorted(vocab_ids)] = 1.0
+    return scale
 
 
 def pooled_chunks(name: str, shape: tuple[int, ...], pool: np.ndarray, start: int,
@@ -295,6 +308,7 @@ def write_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0, shards: i
         {"bos_token_id": 199999, "eos_token_id": [200020, 199999], "pad_token_id": 199999}, indent=2))
     vocab, merges = o200k_bpe() if tokenizer == "o200k" else synthetic_bpe()
     write_tokenizer_files(out_dir, vocab, merges)
+    embed_scale = unused_rows_damped(set(vocab.values()) | set(SPECIAL_TOKENS), VOCAB)
     shapes = tensor_shapes(d)
     pool = f32_to_bf16_bits(rng.standard_normal(1 << 24, dtype=np.float32) * np.float32(0.02))
 
@@ -304,7 +318,8 @@ def write_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0, shards: i
             start = int(rng.integers(pool.size))
             return lambda: pooled_chunks(name, shape, pool, start)
         tensor_rng = np.random.default_rng([seed, _stable_hash(name)])
-        return lambda: random_chunks(name, shape, tensor_rng)
+        scale = embed_scale if name == "model.embed_tokens.weight" else None
+        return lambda: random_chunks(name, shape, tensor_rng, scale)
 
     sizes = {n: int(np.prod(s, dtype=np.int64)) * 2 for n, s in shapes.items()}
     groups = plan_shards(sizes, shards)

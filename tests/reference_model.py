@@ -7,6 +7,7 @@ Test-only: imports torch and transformers, which the package never does.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -92,11 +93,14 @@ def native_state(hub: dict[str, torch.Tensor], cfg: dict, mode: str | None) -> d
 class Reference:
     """Reference models of one checkpoint, one per LoRA mode, built on first use."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, mutate: Callable[[dict, dict], None] | None = None):
+        """`mutate(cfg, hub_state)` may alter the config/weights in place (negative controls)."""
         self.root = Path(root)
         self.cfg = json.loads((self.root / "config.json").read_text())
         self.tokenizer = Tokenizer.from_file(str(self.root / "tokenizer.json"))
         self._hub = hub_state(self.root)
+        if mutate is not None:
+            mutate(self.cfg, self._hub)
         self._models: dict[str | None, Phi4MultimodalForCausalLM] = {}
 
     def model(self, mode: str | None) -> Phi4MultimodalForCausalLM:
