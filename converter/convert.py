@@ -19,7 +19,7 @@ from phi4mm.converter.source import Source, resolve_source
 from phi4mm.converter.text import text_plan
 from phi4mm.converter.tokenizer import read_vocabulary
 from phi4mm.converter.vision import vision_plan
-from phi4mm.converter.write import partial_path, write_json_atomic, write_plan
+from phi4mm.converter.write import copy_atomic, partial_path, write_json_atomic, write_plan
 from phi4mm.errors import ConversionError, InputError
 
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
@@ -30,11 +30,14 @@ Progress = Callable[[str, int, int], None]
 
 
 def build_plans(hub: HubConfig, vocab, quant: str, encoder_type: str) -> dict[str, FilePlan]:
-    """One plan per output file; a quantized text decoder is first written as exact bf16."""
+    """One plan per output file; a quantized text decoder is first written exactly (bf16) for
+    llama.cpp's quantizer. Its token embedding goes in as f32: the quantizer would otherwise expand
+    it to a 2.5 GB f32 buffer next to the mapped bf16 copy, pushing peak memory past 4 GB."""
     direct = quant in ("f32", "f16", "bf16")
     lora_type = quant if direct else "q8_0"
     return {
-        "text": text_plan(hub, vocab, quant if direct else "bf16", f"phi4mm-text-{quant}.gguf"),
+        "text": text_plan(hub, vocab, quant if direct else "bf16", f"phi4mm-text-{quant}.gguf",
+                          embed_type=None if direct else "f32"),
         "vision_lora": lora_plan(hub, hub.loras[0], lora_type, f"phi4mm-lora-vision-{lora_type}.gguf"),
         "speech_lora": lora_plan(hub, hub.loras[1], lora_type, f"phi4mm-lora-speech-{lora_type}.gguf"),
         "vision": vision_plan(hub, encoder_type, f"phi4mm-vision-{encoder_type}.gguf"),
@@ -101,6 +104,7 @@ def convert(src: str | Path | Source, out_dir: Path, quant: str = "q4_k_m", enco
             files[role] = _write_quantized(plan, path, ckpt, quant, n_threads, progress)
         else:
             files[role] = {"name": plan.filename, "bytes": write_plan(plan, path, ckpt, progress, role)}
+    files["tokenizer"] = copy_atomic(source.root / "tokenizer.json", out_dir / "tokenizer.json")
     manifest = {
         "format": MANIFEST_FORMAT, "source": source.name, "revision": source.revision,
         "quant": quant, "encoder_type": encoder_type, "files": files,

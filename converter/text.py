@@ -14,8 +14,10 @@ IMAGE_TOKEN_ID = 200010
 AUDIO_TOKEN_ID = 200011
 
 
-def text_plan(hub: HubConfig, vocab: Vocabulary, out_type: str, filename: str) -> FilePlan:
-    """phi3 metadata, the padded vocabulary and every decoder tensor, matrices stored as out_type."""
+def text_plan(hub: HubConfig, vocab: Vocabulary, out_type: str, filename: str,
+              embed_type: str | None = None) -> FilePlan:
+    """phi3 metadata, the padded vocabulary and every decoder tensor, matrices stored as out_type
+    (the token embedding as embed_type when given)."""
     t = hub.text
     shapes = {
         "token_embd.weight": (t.vocab_size, t.hidden_size),
@@ -27,7 +29,8 @@ def text_plan(hub: HubConfig, vocab: Vocabulary, out_type: str, filename: str) -
         "ffn_up": (2 * t.intermediate_size, t.hidden_size),
         "ffn_down": (t.hidden_size, t.intermediate_size),
     }
-    tensors = [_spec(g, h, shapes[g], out_type) for g, h in names.TEXT_GLOBAL]
+    tensors = [_spec(g, h, shapes[g], embed_type if g == "token_embd.weight" and embed_type else out_type)
+               for g, h in names.TEXT_GLOBAL]
     for i in range(t.n_layers):
         for g, h in names.expand(names.TEXT_LAYER, i=i):
             tensors.append(_spec(g, h, shapes[g.split(".")[2]], out_type))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ def write_json_atomic(path: Path, document: dict) -> None:
     tmp = partial_path(path)
     tmp.write_text(json.dumps(document, indent=2))
     os.replace(tmp, path)
+
+
+def copy_atomic(src: Path, dst: Path) -> dict:
+    """Copy a file under a temporary name, then rename; returns its manifest entry."""
+    tmp = partial_path(dst)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return {"name": dst.name, "bytes": dst.stat().st_size}
 
 
 def _pad(fout: Any, alignment: int) -> None:

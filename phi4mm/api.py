@@ -76,7 +76,7 @@ class Phi4MM:
             return self.engine.prompt_logits(prepared)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.engine.model.tokenize(text)
+        return self.engine.tokenizer.encode(text)
 
     def _generate(self, prepared: Prepared, params, image_s: float) -> Iterator[tuple[str, str | None, Usage]]:
         usage = Usage(image_seconds=image_s)

@@ -26,6 +26,7 @@ from phi4mm.llama import Adapter, Context, ContextSettings, Model, Sampler, Samp
 from phi4mm.params import GenerationParams
 from phi4mm.prompt import ImageInput, build_prompt
 from phi4mm.streaming import StopScanner, Utf8Stream
+from phi4mm.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Engine:
         self.files = files
         self.settings = settings
         self.model = Model(files.text, use_mmap=settings.use_mmap)
+        self.tokenizer = Tokenizer(files.tokenizer)
         self.n_orig = int(self.model.meta("phi3.rope.scaling.original_context_length") or self.model.n_ctx_train)
         self.n_ctx = settings.n_ctx
         self.image_token_id = int(self.model.meta("phi4mm.image_token_id") or 200010)
@@ -119,7 +121,7 @@ class Engine:
                 limits: media.MediaLimits | None = None) -> tuple[Prepared, float]:
         """Messages -> prompt items (token ids and image spans); returns also image seconds."""
         prompt = build_prompt(messages)
-        tokens = self.model.tokenize(prompt.text)
+        tokens = self.tokenizer.encode(prompt.text)
         started = time.perf_counter()
         spans = [self._image_span(img, dynamic_hd, limits or self.settings.media_limits) for img in prompt.images]
         image_s = time.perf_counter() - started

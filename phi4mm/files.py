@@ -9,7 +9,7 @@ from pathlib import Path
 from phi4mm.errors import ConfigError
 
 MANIFEST = "manifest.json"
-ROLES = ("text", "vision_lora", "speech_lora", "vision", "audio")
+ROLES = ("text", "tokenizer", "vision_lora", "speech_lora", "vision", "audio")
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class ModelFiles:
     quant: str
     source: str
     text: Path
+    tokenizer: Path
     vision_lora: Path
     speech_lora: Path
     vision: Path

@@ -32,7 +32,7 @@ def field(r, key):
 def test_manifest_and_files(tiny_f32):
     manifest = json.loads((tiny_f32 / "manifest.json").read_text())
     assert manifest["quant"] == "f32"
-    assert set(manifest["files"]) == {"text", "vision_lora", "speech_lora", "vision", "audio"}
+    assert set(manifest["files"]) == {"text", "tokenizer", "vision_lora", "speech_lora", "vision", "audio"}
     for entry in manifest["files"].values():
         assert (tiny_f32 / entry["name"]).stat().st_size == entry["bytes"]
     assert not list(tiny_f32.glob("*.partial"))
