@@ -18,7 +18,23 @@ import numpy as np
 
 from phi4mm.errors import ConfigError, ConversionError, EngineError
 
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter off by default
+# llama.cpp's log lines go to the "phi4mm.llama_cpp" logger, quiet (errors only) by default.
+# (llama-cpp-python's own callback maps ggml's current level enum wrongly and prints warnings.)
+LOGGER = logging.getLogger("phi4mm.llama_cpp")
+LOGGER.setLevel(logging.ERROR)
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_last_level = [logging.DEBUG]
+
+
+@llama_cpp.llama_log_callback
+def _log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    py_level = _last_level[0] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
+    _last_level[0] = py_level
+    if LOGGER.isEnabledFor(py_level):
+        LOGGER.log(py_level, text.decode("utf-8", "replace").rstrip("\n"))
+
+
+llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
 
 FTYPES = {
     "f32": llama_cpp.LLAMA_FTYPE_ALL_F32,
