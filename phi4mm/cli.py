@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from phi4mm.errors import Phi4MMError
+from phi4mm.errors import ConfigError, ModelNotFoundError, Phi4MMError
 
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 
@@ -23,7 +23,26 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from phi4mm.server.main import serve_from_args
+    except ImportError as exc:
+        if exc.name not in ("starlette", "uvicorn"):
+            raise
+        raise ConfigError(f"`phi4mm serve` needs {exc.name}: pip install 'phi4mm[server]'") from None
+    return serve_from_args(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from phi4mm.chat_cli import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from phi4mm.chat_cli import add_run_arguments
+    from phi4mm.server.settings import add_serve_arguments
+
     parser = argparse.ArgumentParser(prog="phi4mm", description="Phi-4-multimodal-instruct on llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert a hub checkpoint (directory or repo id) to GGUF files")
@@ -35,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
     conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     conv.set_defaults(func=_convert)
+    serve = sub.add_parser("serve", help="serve the model with an OpenAI-compatible HTTP API")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_serve)
+    run = sub.add_parser("run", help="answer one prompt (streaming), or chat interactively")
+    add_run_arguments(run)
+    run.set_defaults(func=_run)
     return parser
 
 
@@ -44,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except Phi4MMError as exc:
         print(f"phi4mm: error: {exc}", file=sys.stderr)
+        if isinstance(exc, ModelNotFoundError) and hasattr(args, "model"):
+            print(f"phi4mm: pass `--model DIR` (a hub-layout checkpoint directory, or one written by "
+                  f"`phi4mm convert SRC DIR`) to `phi4mm {args.command}`", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("phi4mm: interrupted", file=sys.stderr)

@@ -1,0 +1,142 @@
+"""`phi4mm run`: answer one prompt (optionally about images), streaming tokens to the terminal, or
+chat interactively with history: `/image PATH` attaches an image to the next message, `/reset`
+clears the history, `/quit` exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from phi4mm import store
+from phi4mm.errors import InputError
+
+HELP = ("/image PATH attaches an image to your next message, /reset clears the history, "
+        "/quit exits")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("prompt", nargs="?", help="answer this and exit (default: interactive chat)")
+    add("--model", default=store.DEFAULT_MODEL, help="hub repo id, hub-layout or converted "
+        f"directory (default {store.DEFAULT_MODEL})")
+    add("--quant", default=None, help=f"text decoder type when converting (default {store.DEFAULT_QUANT})")
+    add("--image", action="append", default=[], metavar="PATH", help="image file (repeatable)")
+    add("--system", default=None, help="system message")
+    add("--n-ctx", type=int, default=8192, help="context window in tokens (default 8192)")
+    add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add("--max-tokens", type=int, default=None, help="most tokens per answer (default: no limit)")
+    add("--temperature", type=float, default=None, help="sampling temperature (default 0.8)")
+    add("--top-p", type=float, default=None)
+    add("--top-k", type=int, default=None)
+    add("--seed", type=int, default=None)
+    add("--dynamic-hd", type=int, default=None, help="most image crops (default: the model's)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    model = load_model(args)
+    with model:
+        if args.prompt is not None:
+            chat = Chat(model, args)
+            chat.ask(args.prompt, [Path(p) for p in args.image])
+            return 0
+        return interactive(Chat(model, args), [Path(p) for p in args.image])
+
+
+def load_model(args: argparse.Namespace):
+    """Locate (download, convert) with progress, then load; both reported on stderr."""
+    from phi4mm.api import Phi4MM
+    from phi4mm.progress import ProgressPrinter
+
+    files = store.locate(args.model, args.quant, progress=ProgressPrinter(), n_threads=args.threads)
+    started = time.perf_counter()
+    print(f"phi4mm: loading {files.root} ...", file=sys.stderr, flush=True)
+    model = Phi4MM.from_pretrained(files.root, n_ctx=args.n_ctx, n_threads=args.threads,
+                                   dynamic_hd=args.dynamic_hd)
+    print(f"phi4mm: loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return model
+
+
+class Chat:
+    """A conversation: the history and the sampling settings from the flags."""
+
+    def __init__(self, model, args: argparse.Namespace, out: TextIO = sys.stdout):
+        self.model = model
+        self.out = out
+        self.system = args.system
+        self.options = {"max_tokens": args.max_tokens, "temperature": args.temperature,
+                        "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
+        self.history: list[dict] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.history = [{"role": "system", "content": self.system}] if self.system else []
+
+    def ask(self, text: str, images: list[Path]) -> str:
+        """Stream the answer to `out`; the turn joins the history only if it succeeded."""
+        parts = [{"type": "image", "image": path} for path in images] + [{"type": "text", "text": text}]
+        messages = self.history + [{"role": "user", "content": parts}]
+        pieces = []
+        for chunk in self.model.create_chat_completion(messages, stream=True, **self.options):
+            piece = chunk["choices"][0]["delta"].get("content") or ""
+            self.out.write(piece)
+            self.out.flush()
+            pieces.append(piece)
+        self.out.write("\n")
+        answer = "".join(pieces)
+        self.history = messages + [{"role": "assistant", "content": answer}]
+        return answer
+
+
+def interactive(chat: Chat, images: list[Path], stdin: TextIO = sys.stdin) -> int:
+    print(f"phi4mm chat: {HELP}", file=sys.stderr)
+    pending = list(images)
+    while (line := _read_line(stdin)) is not None:
+        command, _, rest = line.strip().partition(" ")
+        if command in ("/quit", "/exit"):
+            break
+        if command == "/reset":
+            chat.reset()
+            pending = []
+        elif command == "/image":
+            pending += _attach(rest.strip())
+        elif line.strip():
+            pending = _turn(chat, line.strip(), pending)
+    return 0
+
+
+def _read_line(stdin: TextIO) -> str | None:
+    if stdin.isatty():
+        try:
+            return input(">>> ")
+        except EOFError:
+            return None
+    line = stdin.readline()
+    return line or None
+
+
+def _attach(path: str) -> list[Path]:
+    if not path or not Path(path).expanduser().is_file():
+        print(f"phi4mm: /image needs an existing file, got {path!r}", file=sys.stderr)
+        return []
+    print(f"phi4mm: {path} attached to your next message", file=sys.stderr)
+    return [Path(path).expanduser()]
+
+
+def _turn(chat: Chat, text: str, images: list[Path]) -> list[Path]:
+    """Ask; on a request error report it and keep the images for the next try."""
+    try:
+        chat.ask(text, images)
+    except InputError as exc:
+        print(f"phi4mm: error: {exc}", file=sys.stderr)
+        return images
+    return []
+
+
+def build_run_args(argv: list[str]) -> argparse.Namespace:
+    """The `phi4mm run` flags parsed on their own (for scripts and tests)."""
+    parser = argparse.ArgumentParser(prog="phi4mm run")
+    add_run_arguments(parser)
+    return parser.parse_args(argv)

@@ -1,0 +1,68 @@
+"""The app factory: a Starlette app whose lifespan loads the engine, warms it up with one decode,
+serves, then stops the worker and frees the engine. Also `serve(settings)`: run it with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from phi4mm.server.errors import EXCEPTION_HANDLERS
+from phi4mm.server.routes import ROUTES
+from phi4mm.server.service import Service
+from phi4mm.server.settings import ServerSettings
+from starlette.applications import Starlette
+
+EngineLoader = Callable[[ServerSettings], Any]
+
+
+def load_phi4mm(settings: ServerSettings) -> Any:
+    """The real engine: Phi4MM from the converted directory (or whatever `model` names)."""
+    from phi4mm.api import Phi4MM
+    from phi4mm.progress import ProgressPrinter
+
+    return Phi4MM.from_pretrained(settings.model_dir or settings.model, quant=settings.quant,
+                                  n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+                                  dynamic_hd=settings.dynamic_hd, media_limits=settings.media_limits,
+                                  progress=ProgressPrinter())
+
+
+def create_app(settings: ServerSettings, load_engine: EngineLoader = load_phi4mm) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict]:
+        service = await asyncio.to_thread(start_service, settings, load_engine)
+        try:
+            yield {"service": service}
+        finally:
+            await asyncio.to_thread(service.close)
+
+    return Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+
+
+def start_service(settings: ServerSettings, load_engine: EngineLoader) -> Service:
+    """Load the engine and run the warm-up decode, reporting both on stderr."""
+    started = time.perf_counter()
+    _say(f"loading {settings.model_dir or settings.model} ...")
+    service = Service(load_engine(settings), settings)
+    _say(f"loaded in {time.perf_counter() - started:.1f} s")
+    if settings.warmup:
+        started = time.perf_counter()
+        service.warm_up()
+        _say(f"warm-up decode done in {time.perf_counter() - started:.1f} s")
+    return service
+
+
+def _say(message: str) -> None:
+    print(f"phi4mm: {message}", file=sys.stderr, flush=True)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Serve until interrupted; in-flight requests get shutdown_timeout_s, then are cancelled."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
+    uvicorn.Server(config).run()

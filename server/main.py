@@ -1,0 +1,18 @@
+"""`phi4mm serve`: find (download, convert) the model with progress, then serve it."""
+
+from __future__ import annotations
+
+import argparse
+
+from phi4mm.server.app import serve
+from phi4mm.server.settings import settings_from_args
+
+from phi4mm import store
+from phi4mm.progress import ProgressPrinter
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    """Locate first, outside uvicorn, so a missing model is a clean CLI error, not a traceback."""
+    files = store.locate(args.model, args.quant, progress=ProgressPrinter(), n_threads=args.threads)
+    serve(settings_from_args(args, model_dir=files.root))
+    return 0

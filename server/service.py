@@ -1,0 +1,51 @@
+"""What the lifespan owns: the loaded engine, its one worker thread, and the settings every
+request is served with. No HTTP here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import Any
+
+from phi4mm.server.schemas import ChatRequest
+from phi4mm.server.settings import ServerSettings
+from phi4mm.server.worker import Job, Worker
+
+WARMUP_MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+class Service:
+    """`engine` is a Phi4MM (or any object with its create_chat_completion and close)."""
+
+    def __init__(self, engine: Any, settings: ServerSettings):
+        self.engine = engine
+        self.settings = settings
+        self.name = settings.model
+        self.started = int(time.time())
+        self.worker = Worker(settings.max_queue)
+
+    def submit(self, chat: ChatRequest) -> Job:
+        """Queue `chat` (OverloadedError when the queue is full); its chunks come from the job."""
+        job = Job(partial(self._start, chat), asyncio.get_running_loop())
+        self.worker.submit(job)
+        return job
+
+    def _start(self, chat: ChatRequest):
+        return self.engine.create_chat_completion(
+            chat.messages, stream=True, media_limits=self.settings.media_limits, **chat.options)
+
+    def warm_up(self) -> None:
+        """One short greedy decode, so the first request does not pay for lazy set-up."""
+        self.engine.create_chat_completion(WARMUP_MESSAGES, max_tokens=1, temperature=0.0)
+
+    def health(self) -> dict:
+        status = "shutting_down" if self.worker.closing else "ok"
+        return {"status": status, "model": self.name, "model_loaded": True,
+                "queued": self.worker.queued, "in_flight": self.worker.in_flight,
+                "max_queue": self.worker.max_queue, "cancelled": self.worker.n_cancelled}
+
+    def close(self) -> None:
+        """Stop the worker; free the engine only once its thread has ended."""
+        if self.worker.close(self.settings.shutdown_timeout_s):
+            self.engine.close()

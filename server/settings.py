@@ -1,0 +1,75 @@
+"""Server settings: one frozen dataclass built from the `phi4mm serve` flags. No starlette here, so
+the CLI can build its parser without the server extra installed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from phi4mm.errors import ConfigError
+from phi4mm.media import MediaLimits
+from phi4mm.store import DEFAULT_MODEL, DEFAULT_QUANT
+
+API_KEY_ENV = "PHI4MM_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: str = DEFAULT_MODEL          # what --model named; also the served model name
+    model_dir: Path | None = None       # the converted directory to load (None: locate `model`)
+    quant: str | None = None            # None: the directory's own, or q4_k_m when converting
+    host: str = "127.0.0.1"
+    port: int = 1234
+    n_ctx: int = 8192
+    n_threads: int = 0                  # 0: all cores
+    api_key: str | None = None          # None: no authentication
+    media_limits: MediaLimits = field(default_factory=lambda: server_media_limits(False, ()))
+    max_queue: int = 16                 # requests waiting behind the one being generated
+    max_body_bytes: int = 32 << 20
+    dynamic_hd: int | None = None
+    shutdown_timeout_s: float = 10.0    # in-flight requests get this long, then are cancelled
+    warmup: bool = True                 # one decode at start-up
+
+    def __post_init__(self):
+        for name, least in (("max_queue", 0), ("max_body_bytes", 1), ("port", 0), ("n_ctx", 16)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least}", key=name)
+
+
+def server_media_limits(allow_private_urls: bool, allowed_dirs: tuple[Path, ...]) -> MediaLimits:
+    """HTTP clients may read local files only inside `allowed_dirs` (none: no local files)."""
+    return MediaLimits(allow_private_urls=allow_private_urls, allow_local_files=bool(allowed_dirs),
+                       allowed_dirs=allowed_dirs)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `phi4mm serve` flags."""
+    add = parser.add_argument
+    add("--model", default=DEFAULT_MODEL, help=f"hub repo id, hub-layout or converted directory "
+        f"(default {DEFAULT_MODEL})")
+    add("--quant", default=None, help=f"text decoder type when converting (default {DEFAULT_QUANT})")
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    add("--port", type=int, default=1234, help="port (default 1234)")
+    add("--n-ctx", type=int, default=8192, help="context window in tokens (default 8192)")
+    add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add("--api-key", default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, else no key)")
+    add("--allow-private-urls", action="store_true",
+        help="let image URLs reach loopback, private and link-local addresses")
+    add("--allowed-media-dir", action="append", default=[], metavar="DIR",
+        help="directory whose files requests may name as images (repeatable; default none)")
+    add("--max-queue", type=int, default=16, help="requests waiting for the engine (default 16)")
+    add("--max-body-mb", type=float, default=32.0, help="largest request body in MB (default 32)")
+    add("--dynamic-hd", type=int, default=None, help="most image crops (default: the model's, 36)")
+
+
+def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) -> ServerSettings:
+    dirs = tuple(Path(d).expanduser().resolve() for d in args.allowed_media_dir)
+    return ServerSettings(
+        model=args.model, model_dir=model_dir, quant=args.quant, host=args.host, port=args.port,
+        n_ctx=args.n_ctx, n_threads=args.threads, api_key=args.api_key or None,
+        media_limits=server_media_limits(args.allow_private_urls, dirs),
+        max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        dynamic_hd=args.dynamic_hd)
