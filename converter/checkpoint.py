@@ -66,7 +66,8 @@ class Checkpoint:
         path = self.root / name
         if not path.exists():
             if required:
-                raise ConfigError(f"{self.root} has no {name}; expected a Phi-4-multimodal checkpoint in hub layout", key=name)
+                raise ConfigError(f"{self.root} has no {name}; expected a Phi-4-multimodal checkpoint "
+                                  "in hub layout", key=name)
             return {}
         return json.loads(path.read_text())
 

@@ -15,8 +15,17 @@ from phi4mm.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Phi4MM", "Phi4MMError", "ConfigError", "ConversionError", "ModelNotFoundError", "InputError",
-    "MediaError", "ContextOverflowError", "OverloadedError", "EngineError", "__version__",
+    "ConfigError",
+    "ContextOverflowError",
+    "ConversionError",
+    "EngineError",
+    "InputError",
+    "MediaError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "Phi4MM",
+    "Phi4MMError",
+    "__version__",
 ]
 
 

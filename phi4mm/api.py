@@ -23,10 +23,10 @@ from phi4mm.params import make_params
 class Phi4MM:
     """A loaded Phi-4-multimodal-instruct. One request runs at a time (calls are serialised)."""
 
-    def __init__(self, files: ModelFiles, settings: EngineSettings = EngineSettings(), name: str | None = None):
+    def __init__(self, files: ModelFiles, settings: EngineSettings | None = None, name: str | None = None):
         self.files = files
         self.name = name or files.source
-        self.engine = Engine(files, settings)
+        self.engine = Engine(files, settings or EngineSettings())
         self._lock = threading.Lock()
 
     @classmethod
@@ -86,7 +86,7 @@ class Phi4MM:
 
     def _collect(self, chunks: Iterator[tuple[str, str | None, Usage]]) -> dict:
         parts, finish, usage = [], None, Usage()
-        for text, finish, usage in chunks:
+        for text, finish, usage in chunks:  # noqa: B007 (the last chunk's finish and usage are kept)
             parts.append(text)
         return {
             "id": _completion_id(), "object": "chat.completion", "created": int(time.time()),

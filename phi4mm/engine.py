@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -35,7 +34,7 @@ class ImageSpan:
     rows: np.ndarray    # (n_tokens, n_embd) float32 projected image rows
 
 
-Item = Union[int, ImageSpan]
+Item = int | ImageSpan
 
 
 @dataclass(frozen=True)
@@ -102,9 +101,9 @@ class Prepared:
 class Engine:
     """One loaded model serving one request at a time."""
 
-    def __init__(self, files: ModelFiles, settings: EngineSettings = EngineSettings()):
+    def __init__(self, files: ModelFiles, settings: EngineSettings | None = None):
         self.files = files
-        self.settings = settings
+        self.settings = settings = settings or EngineSettings()
         self.model = Model(files.text, use_mmap=settings.use_mmap)
         self.tokenizer = Tokenizer(files.tokenizer)
         self.n_orig = int(self.model.meta("phi3.rope.scaling.original_context_length") or self.model.n_ctx_train)
@@ -196,7 +195,7 @@ class Engine:
 
     def _decode_from(self, slot: _Slot, items: list[Item], start: int) -> None:
         pos, run = 0, []
-        for index, item in enumerate(items):
+        for item in items:
             if isinstance(item, ImageSpan):
                 if run:
                     slot.ctx.decode_tokens(run, pos - len(run), False)

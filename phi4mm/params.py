@@ -61,7 +61,8 @@ def make_params(max_tokens: Any = None, temperature: Any = None, top_p: Any = No
         top_p=d.top_p if top_p is None else _number("top_p", top_p, 0.0, 1.0),
         top_k=d.top_k if top_k is None else _number("top_k", top_k, 0, 1 << 30, True),
         min_p=d.min_p if min_p is None else _number("min_p", min_p, 0.0, 1.0),
-        frequency_penalty=0.0 if frequency_penalty is None else _number("frequency_penalty", frequency_penalty, -2.0, 2.0),
+        frequency_penalty=0.0 if frequency_penalty is None else _number(
+            "frequency_penalty", frequency_penalty, -2.0, 2.0),
         presence_penalty=0.0 if presence_penalty is None else _number("presence_penalty", presence_penalty, -2.0, 2.0),
         repeat_penalty=1.0 if repeat_penalty is None else _number("repeat_penalty", repeat_penalty, 0.01, 10.0),
         stop=_stop(stop),

@@ -9,6 +9,7 @@ appearance over the conversation) and each image must be named exactly once.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ def _tag_order(body: str, n_images: int) -> list[int]:
     order = [int(m.group(1)) for m in IMAGE_TAG.finditer(body)]
     if sorted(order) != list(range(1, n_images + 1)):
         raise InputError(
-            f"the messages contain {len(order)} image tag(s) {['<|image_%d|>' % n for n in order]} but "
+            f"the messages contain {len(order)} image tag(s) {[f'<|image_{n}|>' for n in order]} but "
             f"{n_images} image(s) were given; expected each of <|image_1|>..<|image_{n_images}|> exactly "
             "once (or no tags at all, and they are inserted for you)", param="messages")
     return order
@@ -104,8 +105,8 @@ def _parse_parts(parts: list | tuple, where: str) -> tuple[str, list[ImageInput]
             texts.append(part["text"])
         elif kind == "image_url":
             images.append(_image_url(part.get("image_url"), here))
-        elif kind == "image" and "image" in part:
-            images.append(ImageInput(part["image"]))
+        elif kind == "image" and "image" in part:  # Python API: PIL image, array, bytes or path
+            images.append(ImageInput(part["image"], part.get("detail")))
         else:
             raise InputError(f"{here} has type {kind!r}, expected 'text' or 'image_url'", param=here)
     return "".join(texts), images
@@ -127,3 +128,26 @@ def _image_url(value: Any, where: str) -> ImageInput:
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def map_image_sources(messages: list, load: Callable[[Any], Any]) -> list:
+    """Validated messages with each image part's source replaced by `load(source)`, e.g. to fetch
+    and decode images before a request waits for the engine. Other parts are kept as they are."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, (list, tuple)):
+            message = {**message, "content": [_mapped_part(p, load) for p in content]}
+        out.append(message)
+    return out
+
+
+def _mapped_part(part: Any, load: Callable[[Any], Any]) -> Any:
+    if not isinstance(part, dict):
+        return part
+    if part.get("type") == "image":
+        return {**part, "image": load(part["image"])}
+    if part.get("type") != "image_url":
+        return part
+    image = _image_url(part.get("image_url"), "image part")
+    return {"type": "image", "image": load(image.source), "detail": image.detail}

@@ -84,7 +84,8 @@ def main() -> None:
     model = Phi4MM.from_pretrained(args.model_dir, n_ctx=4096, n_threads=args.threads, flash_attn=True)
     llm = Llama(str(model.files.text), n_ctx=4096, n_batch=512, n_ubatch=512, n_threads=args.threads,
                 n_threads_batch=args.threads, flash_attn=True, use_mmap=False, verbose=False)
-    results: dict[str, list[tuple[float, float]]] = {"phi4mm": [], "llama_cpp.Llama": [], "phi4mm + vision LoRA": []}
+    names = ("phi4mm", "llama_cpp.Llama", "phi4mm + vision LoRA")
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for run in range(args.runs + 1):  # run 0 is the warm-up
         msgs = messages(model, run, args.prompt_tokens)
         tokens = model.tokenize(build_prompt(msgs).text)
@@ -92,7 +93,8 @@ def main() -> None:
         rows = {
             "phi4mm": bench_ours(model, msgs, n, args.gen_tokens),
             "llama_cpp.Llama": bench_llama(llm, tokens, args.gen_tokens),
-            "phi4mm + vision LoRA": bench_ours_lora(model, messages(model, 1000 + run, args.prompt_tokens), n, args.gen_tokens),
+            "phi4mm + vision LoRA": bench_ours_lora(model, messages(model, 1000 + run, args.prompt_tokens), n,
+                                                    args.gen_tokens),
         }
         print(f"run {run}{' (warm-up)' if run == 0 else ''}: " +
               "; ".join(f"{k} pp {pp:.1f} tg {tg:.2f}" for k, (pp, tg) in rows.items()), flush=True)

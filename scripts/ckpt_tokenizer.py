@@ -69,7 +69,7 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
 def synthetic_bpe(n_merges: int = 600) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -82,7 +82,7 @@ def synthetic_bpe(n_merges: int = 600) -> tuple[dict[str, int], list[tuple[str, 
     while len(merges) < n_merges:
         pairs: Counter[tuple[str, str]] = Counter()
         for w, parts in splits.items():
-            for a, b in zip(parts, parts[1:]):
+            for a, b in zip(parts, parts[1:], strict=False):
                 pairs[(a, b)] += words[w]
         if not pairs:
             break
@@ -116,7 +116,10 @@ def o200k_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
     ranks: dict[bytes, int] = registry.o200k_base()["mergeable_ranks"]
     byte_char = bytes_to_unicode()
-    to_str = lambda token: "".join(byte_char[b] for b in token)  # noqa: E731
+
+    def to_str(token: bytes) -> str:
+        return "".join(byte_char[b] for b in token)
+
     vocab = {to_str(token): rank for token, rank in ranks.items()}
     merged: list[tuple[int, str, str]] = []
     for token, rank in ranks.items():

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ckpt_safetensors import f32_to_bf16_bits, plan_shards, write_safetensors  # noqa: E402
-from ckpt_tokenizer import SPECIAL_TOKENS, o200k_bpe, synthetic_bpe, write_tokenizer_files  # noqa: E402
+from ckpt_safetensors import f32_to_bf16_bits, plan_shards, write_safetensors
+from ckpt_tokenizer import SPECIAL_TOKENS, o200k_bpe, synthetic_bpe, write_tokenizer_files
 
 VOCAB = 200064
 IMAGE_PREFIX = "model.embed_tokens_extend.image_embed."

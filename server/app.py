@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from starlette.applications import Starlette
+
 from phi4mm.server.errors import EXCEPTION_HANDLERS
 from phi4mm.server.routes import ROUTES
 from phi4mm.server.service import Service
 from phi4mm.server.settings import ServerSettings
-from starlette.applications import Starlette
 
 EngineLoader = Callable[[ServerSettings], Any]
 

@@ -6,10 +6,10 @@ import hmac
 import json
 from typing import Any
 
-from phi4mm.server.errors import BodyTooLarge, Unauthorized
 from starlette.requests import Request
 
 from phi4mm.errors import InputError
+from phi4mm.server.errors import BodyTooLarge, Unauthorized
 
 
 def authorize(request: Request, api_key: str | None) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from phi4mm.server.app import serve
-from phi4mm.server.settings import settings_from_args
-
 from phi4mm import store
 from phi4mm.progress import ProgressPrinter
+from phi4mm.server.app import serve
+from phi4mm.server.settings import settings_from_args
 
 
 def serve_from_args(args: argparse.Namespace) -> int:

@@ -8,6 +8,10 @@ from collections.abc import Awaitable
 from functools import partial
 from typing import TypeVar
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from phi4mm.server import sse
 from phi4mm.server.errors import ClientGone, Unavailable
 from phi4mm.server.guards import authorize, read_json
@@ -15,9 +19,6 @@ from phi4mm.server.responses import Completion
 from phi4mm.server.schemas import parse_chat_request
 from phi4mm.server.service import Service
 from phi4mm.server.worker import Job
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 T = TypeVar("T")
 
@@ -33,6 +34,7 @@ async def chat_completions(request: Request) -> Response:
     service = _service(request)
     authorize(request, service.settings.api_key)
     chat = parse_chat_request(await read_json(request, service.settings.max_body_bytes))
+    chat = await service.fetch_images(chat)  # downloads and decoding never hold the engine
     job = service.submit(chat)
     if chat.stream:
         return await _stream(request, service, job, chat.include_usage)

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
+from phi4mm import media
+from phi4mm.prompt import map_image_sources
 from phi4mm.server.schemas import ChatRequest
 from phi4mm.server.settings import ServerSettings
 from phi4mm.server.worker import Job, Worker
@@ -30,6 +35,12 @@ class Service:
         job = Job(partial(self._start, chat), asyncio.get_running_loop())
         self.worker.submit(job)
         return job
+
+    async def fetch_images(self, chat: ChatRequest) -> ChatRequest:
+        """Fetch and decode the request's images in a thread pool, within the media limits."""
+        load = partial(media.load_image, limits=self.settings.media_limits)
+        messages = await run_in_threadpool(map_image_sources, chat.messages, load)
+        return replace(chat, messages=messages)
 
     def _start(self, chat: ChatRequest):
         return self.engine.create_chat_completion(

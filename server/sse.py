@@ -7,11 +7,12 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
 from phi4mm.server.errors import error_body, is_fault
 from phi4mm.server.responses import stream_chunks
 from phi4mm.server.worker import Job
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 DONE = b"data: [DONE]\n\n"
 log = logging.getLogger("phi4mm.server")

@@ -9,9 +9,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from phi4mm.server.errors import Unavailable
-
 from phi4mm.errors import OverloadedError
+from phi4mm.server.errors import Unavailable
 
 _END = object()
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_N_ORIG
-from phi4mm.prompt import build_prompt
 from reference_model import Reference
+
+from phi4mm.prompt import build_prompt
 
 pytestmark = pytest.mark.reference
 TOLERANCE = 5e-3
-WORDS = "the quick brown fox jumps over the lazy dog while images of mountains and charts appear".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "images", "of",
+         "mountains", "and", "charts", "appear"]
 
 
 def messages_of_length(model, n_tokens: int) -> list[dict]:

@@ -8,10 +8,6 @@ import json
 import threading
 
 import pytest
-from phi4mm.server.app import create_app
-from phi4mm.server.errors import BodyTooLarge, ClientGone, Unauthorized, Unavailable, classify
-from phi4mm.server.settings import ServerSettings
-from phi4mm.server.worker import Job, Worker
 from starlette.testclient import TestClient
 
 from phi4mm.errors import (
@@ -23,6 +19,10 @@ from phi4mm.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
+from phi4mm.server.app import create_app
+from phi4mm.server.errors import BodyTooLarge, ClientGone, Unauthorized, Unavailable, classify
+from phi4mm.server.settings import ServerSettings
+from phi4mm.server.worker import Job, Worker
 
 KEY = {"Authorization": "Bearer k"}
 
