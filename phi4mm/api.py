@@ -33,7 +33,7 @@ class Phi4MM:
     def from_pretrained(cls, model: str | Path = store.DEFAULT_MODEL, quant: str | None = None,
                         n_ctx: int = 8192, n_threads: int = 0, n_batch: int = 512,
                         dynamic_hd: int | None = None, image_cache_mb: int = 512,
-                        media_limits: MediaLimits | None = None, flash_attn: bool | None = None,
+                        media_limits: MediaLimits | None = None, flash_attn: bool = False,
                         use_mmap: bool = False, cache_dir: str | Path | None = None,
                         encoder_type: str = "f16",
                         progress: Callable[[str, int, int], None] | None = None) -> Phi4MM:

@@ -1,0 +1,470 @@
+"""The image encoder in numpy float32: pixels -> SigLIP-NaViT features (layer -2) -> 2x2 average
+pool -> HD layout with separators -> projector rows (model-spec.md §6). Pure: numpy + stdlib only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from phi4mm.errors import ConfigError
+
+if TYPE_CHECKING:  # only its attributes are read: importing vision must not import Pillow
+    from phi4mm.image import ImageCrops
+
+F32 = np.float32
+KEY = "phi4mm.vision."
+# Metadata values this implementation computes; anything else is a model it does not implement.
+SUPPORTED = {"hidden_act": ("gelu_pytorch_tanh",), "projector_act": ("gelu_erf",),
+             "hd_transform_order": ("sub_glb",)}
+CROPS_PER_BATCH = 2   # crops run through the layers together (~46 MB of activations each at so400m)
+GELU_ROWS = 64        # rows per in-place GELU chunk, so its temporary stays in L2
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Hyper-parameters from the `phi4mm.vision.*` metadata of the vision GGUF."""
+
+    hidden_size: int        # D
+    intermediate_size: int  # F
+    n_layers: int           # layers run: the feature layer is the last of them (hidden_states[-2])
+    n_heads: int
+    image_size: int
+    patch_size: int
+    layer_norm_eps: float
+    text_hidden_size: int   # H: width of the projected rows
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+    @property
+    def side(self) -> int:
+        """Patches per crop side (32)."""
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> VisionConfig:
+        for name, allowed in SUPPORTED.items():
+            if _meta(metadata, name, str) not in allowed:
+                raise ConfigError(f"{KEY}{name} is {metadata[KEY + name]!r}, expected one of {allowed}",
+                                  key=KEY + name)
+        ints = {n: _meta(metadata, n, int) for n in ("hidden_size", "intermediate_size", "n_layers",
+                                                     "n_heads", "image_size", "patch_size",
+                                                     "text_hidden_size")}
+        config = cls(**ints, layer_norm_eps=float(_meta(metadata, "layer_norm_eps", (int, float))))
+        c = config
+        if c.hidden_size % c.n_heads or c.side % 2 or c.side * c.patch_size != c.image_size:
+            raise ConfigError(f"vision hidden_size {c.hidden_size} / n_heads {c.n_heads} / image_size "
+                              f"{c.image_size} / patch_size {c.patch_size} are inconsistent",
+                              key=KEY + "hidden_size")
+        return config
+
+
+def _meta(metadata: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    key = KEY + name
+    if key not in metadata:
+        raise ConfigError(f"vision GGUF metadata key {key!r} is missing", key=key)
+    if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
+        raise ConfigError(f"vision GGUF metadata {key!r} is {metadata[key]!r}, expected {kind}", key=key)
+    return metadata[key]
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One SigLIP encoder layer, (out, in) matrices as stored; q rows pre-scaled by head_dim^-0.5."""
+
+    ln1_w: np.ndarray
+    ln1_b: np.ndarray
+    qkv_w: np.ndarray   # (3D, D): q | k | v
+    qkv_b: np.ndarray   # (3D,)
+    out_w: np.ndarray   # (D, D)
+    out_b: np.ndarray
+    ln2_w: np.ndarray
+    ln2_b: np.ndarray
+    up_w: np.ndarray    # (F, D)
+    up_b: np.ndarray
+    down_w: np.ndarray  # (D, F)
+    down_b: np.ndarray
+
+
+@dataclass(frozen=True)
+class VisionWeights:
+    """The whole vision GGUF, float32, shapes checked. Matrices stay (out, in): `x @ w.T` feeds BLAS
+    the transposed operand directly, measured as fast as a pre-transposed copy (no second copy)."""
+
+    config: VisionConfig
+    patch_w: np.ndarray   # (D, 3*P*P), (channel, kh, kw) order as Conv2d
+    patch_b: np.ndarray   # (D,)
+    position: np.ndarray  # (side*side, D)
+    layers: tuple[LayerWeights, ...]
+    sub_sep: np.ndarray   # (D,) sub_GN: row separator of both blocks
+    glb_sep: np.ndarray   # (D,) glb_GN: between the sub-image block and the global block
+    up_w: np.ndarray      # (H, D)
+    up_b: np.ndarray
+    down_w: np.ndarray    # (H, H)
+    down_b: np.ndarray
+
+
+def load_weights(metadata: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> VisionWeights:
+    """Vision GGUF metadata + float32 tensors (see phi4mm.weights.read_gguf) -> VisionWeights."""
+    cfg = VisionConfig.from_metadata(metadata)
+    D, F, H, P = cfg.hidden_size, cfg.intermediate_size, cfg.text_hidden_size, cfg.patch_size
+
+    def get(name: str, *shape: int) -> np.ndarray:
+        if name not in tensors:
+            raise ConfigError(f"vision GGUF tensor {name!r} is missing", key=name)
+        t = tensors[name]
+        if t.shape != shape or t.dtype != F32:
+            raise ConfigError(f"vision GGUF tensor {name!r} is {t.dtype}{t.shape}, "
+                              f"expected float32{shape}", key=name)
+        return t
+
+    scale = F32(cfg.head_dim ** -0.5)  # folded into q: scores = (q * scale) @ k.T
+    layers = []
+    for i in range(cfg.n_layers):
+        b = f"v.blk.{i}."
+        g = {n: (get(b + n + ".weight", *shape), get(b + n + ".bias", shape[0]))
+             for n, shape in (("attn_q", (D, D)), ("attn_k", (D, D)), ("attn_v", (D, D)),
+                              ("attn_out", (D, D)), ("ffn_up", (F, D)), ("ffn_down", (D, F)),
+                              ("ln1", (D,)), ("ln2", (D,)))}
+        layers.append(LayerWeights(
+            ln1_w=g["ln1"][0], ln1_b=g["ln1"][1], ln2_w=g["ln2"][0], ln2_b=g["ln2"][1],
+            qkv_w=np.concatenate([g["attn_q"][0] * scale, g["attn_k"][0], g["attn_v"][0]]),
+            qkv_b=np.concatenate([g["attn_q"][1] * scale, g["attn_k"][1], g["attn_v"][1]]),
+            out_w=g["attn_out"][0], out_b=g["attn_out"][1], up_w=g["ffn_up"][0], up_b=g["ffn_up"][1],
+            down_w=g["ffn_down"][0], down_b=g["ffn_down"][1]))
+    return VisionWeights(
+        config=cfg, patch_w=get("v.patch_embd.weight", D, 3, P, P).reshape(D, 3 * P * P),
+        patch_b=get("v.patch_embd.bias", D), position=get("v.position_embd.weight", cfg.side ** 2, D),
+        layers=tuple(layers), sub_sep=get("v.sub_sep", D), glb_sep=get("v.glb_sep", D),
+        up_w=get("mm.up.weight", H, D), up_b=get("mm.up.bias", H),
+        down_w=get("mm.down.weight", H, H), down_b=get("mm.down.bias", H))
+
+
+# ---------------------------------------------------------------------------------------------
+# SigLIP-NaViT tower (§6.1)
+
+def position_ids(patch_mask: np.ndarray) -> np.ndarray:
+    """(n_crops, side, side) bool -> (n_crops, side*side) int64 NaViT position ids (§6.1 step 2).
+
+    Mirrors transformers' fp32 arithmetic exactly: coord = float32(k) * float32(1/n), clamped to
+    1-1e-6, bucketized right-closed against k/side; masked patches get 0.
+    """
+    n_crops, side, _ = patch_mask.shape
+    boundaries = (np.arange(1, side, dtype=np.float64) / side).astype(F32)  # exact k/32
+    index = np.arange(side, dtype=F32)
+    clamp = F32(1.0 - 1e-6)
+
+    def buckets(n_valid: np.ndarray) -> np.ndarray:  # (n_crops,) -> (n_crops, side)
+        step = F32(1) / np.maximum(n_valid, 1).astype(F32)
+        coords = np.minimum(index[None, :] * step[:, None], clamp)
+        return np.searchsorted(boundaries, coords, side="right")
+
+    rows = buckets(patch_mask[:, :, 0].sum(axis=1))   # (n_crops, side)
+    cols = buckets(patch_mask[:, 0, :].sum(axis=1))
+    ids = rows[:, :, None] * side + cols[:, None, :]   # (n_crops, side, side)
+    return np.where(patch_mask, ids, 0).reshape(n_crops, side * side).astype(np.int64)
+
+
+def siglip_features(pixels_nchw: np.ndarray, patch_mask: np.ndarray, weights: VisionWeights,
+                    crops_per_batch: int = CROPS_PER_BATCH, n_workers: int = 1,
+                    use_key_mask: bool = True) -> np.ndarray:
+    """(n_crops, 3, 448, 448) float32 pixels in [-1, 1] + (n_crops, 32, 32) bool mask ->
+    (n_crops, 1024, D) float32: the output of the last run layer (= reference hidden_states[-2]).
+
+    `n_workers` > 1 spreads row blocks and attention heads over that many threads: pair it with a
+    single-threaded BLAS (see encode_image). `use_key_mask=False` lets padded patches be attended
+    to (vLLM's behaviour, §9.4), for tests.
+    """
+    live = np.ones(patch_mask.shape, dtype=bool)
+    return _tower(pixels_nchw, patch_mask, live, weights, crops_per_batch, n_workers, use_key_mask)
+
+
+def _tower(pixels_nchw: np.ndarray, patch_mask: np.ndarray, live: np.ndarray,
+           weights: VisionWeights, crops_per_batch: int, n_workers: int,
+           use_key_mask: bool = True) -> np.ndarray:
+    """Run only the `live` patches of each crop (the rest are returned as zeros), group by group."""
+    cfg = weights.config
+    n_crops, T = len(pixels_nchw), cfg.side ** 2
+    features = np.zeros((n_crops, T, cfg.hidden_size), dtype=F32)  # (n_crops, T, D)
+    ids = position_ids(patch_mask)
+    pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    try:
+        for start in range(0, n_crops, crops_per_batch):
+            group = slice(start, start + crops_per_batch)
+            tokens = [np.flatnonzero(m) for m in live[group].reshape(-1, T)]
+            keys = [None if m.all() or not use_key_mask or not m.any() else np.flatnonzero(m[t])
+                    for m, t in zip(patch_mask[group].reshape(-1, T), tokens, strict=True)]
+            x = _embed(pixels_nchw[group], ids[group], tokens, weights)  # (sum of live, D)
+            work = _Workspace(tokens, keys, cfg, n_workers)
+            for layer in weights.layers:
+                _encoder_layer(x, layer, cfg, work, pool)
+            for c, t in enumerate(tokens):
+                features[start + c, t] = x[work.spans[c]]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return features
+
+
+def _embed(pixels_nchw: np.ndarray, ids: np.ndarray, tokens: list[np.ndarray],
+           weights: VisionWeights) -> np.ndarray:
+    """Patch embedding (Conv2d k=s=P as a matmul) + position embedding, live patches only."""
+    n = len(pixels_nchw)
+    P, side = weights.config.patch_size, weights.config.side
+    if pixels_nchw.shape[1:] != (3, side * P, side * P):
+        raise ValueError(f"pixels are {pixels_nchw.shape}, "
+                         f"expected (n_crops, 3, {side * P}, {side * P})")
+    patches = pixels_nchw.astype(F32, copy=False).reshape(n, 3, side, P, side, P)
+    patches = patches.transpose(0, 2, 4, 1, 3, 5).reshape(n, side * side, 3 * P * P)
+    rows = np.concatenate([patches[c, t] for c, t in enumerate(tokens)])        # (N, 3*P*P)
+    x = rows @ weights.patch_w.T                                               # (N, D)
+    x += weights.patch_b
+    x += weights.position[np.concatenate([ids[c, t] for c, t in enumerate(tokens)])]
+    return x
+
+
+class _Workspace:
+    """Activation buffers of one crop group, allocated once and reused by every layer, and how its
+    work splits over the workers: row blocks for the dense parts, (crop, heads) for attention."""
+
+    def __init__(self, tokens: list[np.ndarray], keys: list, cfg: VisionConfig, n_workers: int):
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        bounds = np.cumsum([0] + [len(t) for t in tokens])
+        self.spans = [slice(int(a), int(b)) for a, b in pairwise(bounds)]  # rows of each crop
+        cuts = np.linspace(0, bounds[-1], n_workers + 1).astype(int)
+        self.row_blocks = [slice(int(a), int(b)) for a, b in pairwise(cuts)]
+        heads = np.array_split(np.arange(cfg.n_heads), n_workers)
+        self.attention = [(span, key_idx, h) for span, key_idx in zip(self.spans, keys, strict=True)
+                          for h in heads]
+        self.h = np.empty((bounds[-1], D), F32)     # LN output, then attention output
+        self.y = np.empty((bounds[-1], D), F32)     # projection outputs before the residual add
+        self.qkv = np.empty((bounds[-1], 3 * D), F32)
+        self.up = np.empty((bounds[-1], F), F32)
+        self.gelu = [np.empty((GELU_ROWS, F), F32) for _ in self.row_blocks]
+
+
+def _encoder_layer(x: np.ndarray, w: LayerWeights, cfg: VisionConfig, work: _Workspace,
+                   pool: ThreadPoolExecutor | None) -> None:
+    """x += attn(LN1(x)); x += fc2(gelu_tanh(fc1(LN2(x)))), in place (pre-LN SigLIP, §6.1 step 4).
+    Three phases; within one, every task writes its own rows, so they may run concurrently."""
+    eps = cfg.layer_norm_eps
+
+    def qkv(rows: slice) -> None:
+        _layer_norm(x[rows], w.ln1_w, w.ln1_b, eps, out=work.h[rows])
+        np.matmul(work.h[rows], w.qkv_w.T, out=work.qkv[rows])
+        work.qkv[rows] += w.qkv_b
+
+    def attend(task: tuple) -> None:
+        span, key_idx, heads = task
+        _attention(work.qkv[span], key_idx, heads, cfg.n_heads, out=work.h[span])
+
+    def mlp(block: tuple) -> None:
+        rows, gelu_tmp = block
+        h, y, up = work.h[rows], work.y[rows], work.up[rows]
+        np.matmul(h, w.out_w.T, out=y)
+        y += w.out_b
+        x[rows] += y
+        _layer_norm(x[rows], w.ln2_w, w.ln2_b, eps, out=h)
+        np.matmul(h, w.up_w.T, out=up)
+        up += w.up_b
+        for r in range(0, len(up), GELU_ROWS):
+            _gelu_tanh(up[r:r + GELU_ROWS], gelu_tmp)
+        np.matmul(up, w.down_w.T, out=y)
+        y += w.down_b
+        x[rows] += y
+
+    for fn, tasks in ((qkv, work.row_blocks), (attend, work.attention),
+                      (mlp, list(zip(work.row_blocks, work.gelu, strict=True)))):
+        if pool is None:
+            for task in tasks:
+                fn(task)
+        else:
+            list(pool.map(fn, tasks))
+
+
+def _attention(qkv: np.ndarray, key_idx: np.ndarray | None, heads: np.ndarray, n_heads: int,
+               out: np.ndarray) -> None:
+    """Bidirectional MHA of one crop for `heads`: (T, 3D) -> their columns of out (T, D).
+    Keys outside `key_idx` are left out, which equals the reference's additive -inf/finfo.min on
+    their columns (exp gives exactly 0). Softmax is normalised after the PV product."""
+    T, D = out.shape
+    hd = D // n_heads
+    qkv_heads = qkv.reshape(T, 3, n_heads, hd).transpose(1, 2, 0, 3)  # (3, heads, T, hd) view
+    q, k, v = qkv_heads[0], qkv_heads[1], qkv_heads[2]
+    if key_idx is not None:
+        k, v = k[:, key_idx], v[:, key_idx]                            # (heads, Tk, hd)
+    s = np.empty((T, k.shape[1]), F32)                                 # (T, Tk)
+    out_heads = out.reshape(T, n_heads, hd)
+    for h in heads:
+        np.matmul(q[h], k[h].T, out=s)
+        s -= s.max(axis=1, keepdims=True)
+        np.exp(s, out=s)
+        total = s.sum(axis=1, keepdims=True)                           # (T, 1)
+        o = s @ v[h]                                                   # (T, hd)
+        o /= total
+        out_heads[:, h] = o
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """LayerNorm over the last axis of x (N, D) into out."""
+    mean = x.mean(axis=1, keepdims=True)
+    np.subtract(x, mean, out=out)
+    var = np.einsum("ij,ij->i", out, out)[:, None]
+    var /= x.shape[1]
+    var += F32(eps)
+    np.sqrt(var, out=var)
+    out /= var
+    out *= w
+    out += b
+
+
+def _gelu_tanh(u: np.ndarray, tmp: np.ndarray) -> None:
+    """In place: u = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))) (gelu_pytorch_tanh)."""
+    t = tmp[:len(u)]
+    np.multiply(u, u, out=t)
+    t *= F32(0.044715)
+    t += F32(1)
+    t *= u
+    t *= F32(math.sqrt(2 / math.pi))
+    np.tanh(t, out=t)
+    t += F32(1)
+    u *= F32(0.5)
+    u *= t
+
+
+# ---------------------------------------------------------------------------------------------
+# Compression, HD layout, projection (§6.2-6.4)
+
+def pool_2x2(features: np.ndarray) -> np.ndarray:
+    """(n_crops, side*side, D) -> (n_crops, side*side/4, D): AvgPool2d(2, 2) over the patch grid,
+    regardless of the mask (§6.2), summed in torch's order."""
+    n, T, D = features.shape
+    half = math.isqrt(T) // 2
+    f = features.reshape(n, half, 2, half, 2, D)
+    pooled = f[:, :, 0, :, 0] + f[:, :, 0, :, 1]
+    pooled += f[:, :, 1, :, 0]
+    pooled += f[:, :, 1, :, 1]
+    pooled *= F32(0.25)
+    return pooled.reshape(n, half * half, D)
+
+
+def _useful(patch_mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+    """Stride-2 sub-crop masks tiled to (16 gh, 16 gw), and its useful rows uh / columns uw (§6.3)."""
+    gh, gw = grid
+    half = patch_mask.shape[1] // 2
+    ds = patch_mask[1:1 + gh * gw, 0::2, 0::2].reshape(gh, gw, half, half)
+    ds = ds.transpose(0, 2, 1, 3).reshape(gh * half, gw * half)
+    return ds, int(ds[:, 0].sum()), int(ds[0, :].sum())
+
+
+def hd_layout(pooled: np.ndarray, patch_mask: np.ndarray, grid: tuple[int, int],
+              sub_sep: np.ndarray, glb_sep: np.ndarray) -> np.ndarray:
+    """Pooled (1 + gh*gw, 256, D) -> (uh*(uw+1) + 1 + 272, D) rows, `sub_glb` order (§6.3):
+    [sub-crops tiled, cropped to uh x uw, sub_sep after each row] + glb_sep + [global + sub_sep]."""
+    gh, gw = grid
+    n, T, D = pooled.shape
+    half = math.isqrt(T)
+    if n < 1 + gh * gw:
+        raise ValueError(f"{n} pooled crops for a {gh}x{gw} grid, expected {1 + gh * gw}")
+    glob = pooled[0].reshape(half, 1, half, D)
+    _, uh, uw = _useful(patch_mask, grid)
+    sub = pooled[1:1 + gh * gw].reshape(gh, gw, half, half, D)
+    sub = sub.transpose(0, 2, 1, 3, 4).reshape(gh * half, gw * half, D)[:uh, :uw]
+
+    def with_separators(block: np.ndarray) -> np.ndarray:  # (rows, cols, D) -> (rows*(cols+1), D)
+        sep = np.broadcast_to(sub_sep, (block.shape[0], 1, D))
+        return np.concatenate([block, sep], axis=1).reshape(-1, D)
+
+    return np.concatenate([with_separators(sub), glb_sep[None, :],
+                           with_separators(glob.reshape(half, half, D))])
+
+
+def project(rows: np.ndarray, weights: VisionWeights) -> np.ndarray:
+    """(n_tokens, D) -> (n_tokens, H): Linear -> exact (erf) GELU -> Linear (§6.4)."""
+    hidden = rows @ weights.up_w.T   # (n_tokens, H)
+    hidden += weights.up_b
+    _gelu_erf(hidden)
+    out = hidden @ weights.down_w.T
+    out += weights.down_b
+    return out
+
+
+def encode_image(crops: ImageCrops, weights: VisionWeights, crops_per_batch: int = CROPS_PER_BATCH,
+                 n_workers: int = 1) -> np.ndarray:
+    """One preprocessed image -> (n_tokens, H) float32 rows to splice at its placeholders (§6.5).
+
+    Only patches that reach the output are run: the valid ones (every key) and the padded ones
+    that 2x2 pooling averages into a kept cell (§6.2); the rest never influence the rows.
+    `n_workers` threads share each layer (row blocks, attention heads); with more than one, limit
+    BLAS to one thread (OPENBLAS_NUM_THREADS=1 or threadpoolctl): numpy's own element-wise ops
+    are single-threaded, so this beats one worker over a multi-threaded BLAS.
+    """
+    mask, grid = crops.patch_mask, crops.grid
+    live = mask | _kept_patches(mask, grid)
+    pooled = pool_2x2(_tower(crops.pixels_nchw, mask, live, weights, crops_per_batch, n_workers))
+    rows = hd_layout(pooled, mask, grid, weights.sub_sep, weights.glb_sep)
+    if len(rows) != crops.n_tokens:
+        raise ValueError(f"the HD layout has {len(rows)} rows, ImageCrops says {crops.n_tokens}")
+    return project(rows, weights)
+
+
+def _kept_patches(patch_mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(n_crops, side, side) bool: patches inside a pooled cell the HD layout keeps."""
+    gh, gw = grid
+    side = patch_mask.shape[1]
+    ds, uh, uw = _useful(patch_mask, grid)
+    kept = np.zeros(ds.shape, dtype=bool)
+    kept[:uh, :uw] = True
+    half = side // 2
+    kept = kept.reshape(gh, half, gw, half).transpose(0, 2, 1, 3).reshape(-1, half, half)
+    cells = np.concatenate([np.ones((1, half, half), bool), kept,
+                            np.zeros((len(patch_mask) - 1 - gh * gw, half, half), bool)])
+    return cells.repeat(2, axis=1).repeat(2, axis=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact GELU: 1 + erf(z) = erfc(-z), erfc(a) = t exp(P(t) - a^2) with t = 1/(1 + a/2), a >= 0.
+# P is a degree-10 fit of log(erfc(a)/t) + a^2 (the form of Numerical Recipes' erfcc), made with
+# numpy's Chebyshev interpolation against libm's erfc on a in [0, 10]: relative error < 1e-8.
+
+_ERFC_POLY = (  # P(t), increasing powers of t
+    -1.2655853674053887, 1.0019976466193334, 0.35131843805513263, 0.2440871248827018,
+    -0.7776201041012902, 1.8217874334908788, -3.7949106130084043, 4.492053041713081,
+    -2.95765260337146, 1.0375311467129082, -0.1530061436124431)
+_ERFC_MAX_ARG = 10.0   # erfc(10) = 2e-45: beyond it the value no longer matters in float32
+_GELU_CHUNK = 1 << 15  # elements per float64 chunk of the projector GELU (fits in L2)
+
+
+def one_plus_erf(z: np.ndarray) -> np.ndarray:
+    """1 + erf(z) in float64, relative error < 1e-8 for |z| <= 10 (also where it is tiny)."""
+    z = np.asarray(z, dtype=np.float64)
+    a = np.minimum(np.abs(z), _ERFC_MAX_ARG)
+    t = 0.5 * a
+    t += 1.0
+    np.reciprocal(t, out=t)
+    poly = np.full_like(t, _ERFC_POLY[-1])
+    for coef in _ERFC_POLY[-2::-1]:
+        poly *= t
+        poly += coef
+    a *= a
+    poly -= a
+    np.exp(poly, out=poly)
+    poly *= t                                   # erfc(|z|)
+    return np.where(z < 0, poly, 2.0 - poly)
+
+
+def _gelu_erf(x: np.ndarray) -> None:
+    """In place: x = 0.5 x (1 + erf(x / sqrt 2)) (nn.GELU default), evaluated in float64."""
+    rows = max(1, _GELU_CHUNK // max(1, x.shape[1]))
+    for r in range(0, len(x), rows):
+        part = x[r:r + rows]
+        wide = part.astype(np.float64)
+        part[...] = 0.5 * wide * one_plus_erf(wide * math.sqrt(0.5))
