@@ -9,6 +9,7 @@ Per run and engine, on a fresh prompt (so no prefix cache helps):
   prompt processing: wall time to decode the prompt and get its last logits;
   decode: wall time of a greedy completion of --gen-tokens right after, reusing the prompt's KV.
 Our engine is also measured with the vision LoRA forced on, so the adapter's cost is known.
+The order of the three measurements alternates from run to run.
 """
 
 from __future__ import annotations
@@ -90,12 +91,14 @@ def main() -> None:
         msgs = messages(model, run, args.prompt_tokens)
         tokens = model.tokenize(build_prompt(msgs).text)
         n = len(tokens)
-        rows = {
-            "phi4mm": bench_ours(model, msgs, n, args.gen_tokens),
-            "llama_cpp.Llama": bench_llama(llm, tokens, args.gen_tokens),
-            "phi4mm + vision LoRA": bench_ours_lora(model, messages(model, 1000 + run, args.prompt_tokens), n,
-                                                    args.gen_tokens),
+        jobs = {
+            "phi4mm": lambda: bench_ours(model, msgs, n, args.gen_tokens),
+            "llama_cpp.Llama": lambda: bench_llama(llm, tokens, args.gen_tokens),
+            "phi4mm + vision LoRA": lambda: bench_ours_lora(
+                model, messages(model, 1000 + run, args.prompt_tokens), n, args.gen_tokens),
         }
+        order = list(jobs) if run % 2 else list(reversed(jobs))  # alternate who goes first
+        rows = {name: jobs[name]() for name in order}
         print(f"run {run}{' (warm-up)' if run == 0 else ''}: " +
               "; ".join(f"{k} pp {pp:.1f} tg {tg:.2f}" for k, (pp, tg) in rows.items()), flush=True)
         if run:
