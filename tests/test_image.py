@@ -192,6 +192,7 @@ def test_content_key_follows_pixels_mode_and_size():
     pytest.param(1920, 1080, 36, id="full-hd-15-crops"),
     pytest.param(600, 800, 2, id="search-tie"),
     pytest.param(2000, 1500, 4, id="search-lower-dynamic-hd"),
+    pytest.param(3200, 2400, 36, id="search-over-36-crops"),
 ])
 def test_matches_reference_processor(width, height, hd):
     picture = make_picture(width, height)

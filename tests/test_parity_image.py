@@ -68,6 +68,7 @@ def user(pictures, text="Describe the image."):
     pytest.param(200, 100, 36, id="smaller-than-one-crop"),
     pytest.param(449, 448, 36, id="pad-447-columns-odd-valid-count"),
     pytest.param(1000, 666, 4, id="search-path-lower-dynamic-hd"),
+    pytest.param(3200, 2400, 36, id="search-path-over-36-crops"),
     pytest.param(448, 10, 1, id="edge-10px-still-valid"),
     pytest.param(1, 1, 36, id="1x1-upscaled-to-one-crop"),
 ])
