@@ -1,6 +1,7 @@
 """Phi-4-multimodal-instruct on llama.cpp: exact to the reference, fast on a CPU, from Python."""
 
 from phi4mm.errors import (
+    Cancelled,
     ConfigError,
     ContextOverflowError,
     ConversionError,
@@ -15,6 +16,7 @@ from phi4mm.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancelled",
     "ConfigError",
     "ContextOverflowError",
     "ConversionError",

@@ -55,16 +55,19 @@ class Phi4MM:
                                repeat_penalty: float | None = None, stop: str | list[str] | None = None,
                                seed: int | None = None, stream: bool = False,
                                response_format: dict | None = None, dynamic_hd: int | None = None,
-                               media_limits: MediaLimits | None = None) -> dict | Iterator[dict]:
+                               media_limits: MediaLimits | None = None,
+                               should_stop: Callable[[], bool] | None = None) -> dict | Iterator[dict]:
         """OpenAI-shaped `chat.completion` dict, or a generator of `chat.completion.chunk` dicts
-        whose last chunk carries `finish_reason` and `usage`. Input errors raise before any output."""
+        whose last chunk carries `finish_reason` and `usage`. Input errors raise before any output.
+        `should_stop()` is polled between images, prefill batches and tokens; when it returns True
+        the request ends with `phi4mm.Cancelled`."""
         params = make_params(max_tokens, temperature, top_p, top_k, min_p, frequency_penalty,
                              presence_penalty, repeat_penalty, stop, seed, dynamic_hd,
                              _grammar(response_format))
         with self._lock:
-            prepared, image_s = self.engine.prepare(messages, params.dynamic_hd, media_limits)
+            prepared, image_s = self.engine.prepare(messages, params.dynamic_hd, media_limits, should_stop)
             self.engine.check_fits(prepared, 1)
-        chunks = self._generate(prepared, params, image_s)
+        chunks = self._generate(prepared, params, image_s, should_stop)
         return self._stream(chunks) if stream else self._collect(chunks)
 
     def prompt_logits(self, messages: Any, dynamic_hd: int | None = None,
@@ -78,10 +81,11 @@ class Phi4MM:
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenizer.encode(text)
 
-    def _generate(self, prepared: Prepared, params, image_s: float) -> Iterator[tuple[str, str | None, Usage]]:
+    def _generate(self, prepared: Prepared, params, image_s: float,
+                  should_stop: Callable[[], bool] | None) -> Iterator[tuple[str, str | None, Usage]]:
         usage = Usage(image_seconds=image_s)
         with self._lock:
-            for chunk in self.engine.generate(prepared, params, usage):
+            for chunk in self.engine.generate(prepared, params, usage, should_stop):
                 yield chunk.text, chunk.finish_reason, usage
 
     def _collect(self, chunks: Iterator[tuple[str, str | None, Usage]]) -> dict:

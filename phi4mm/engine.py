@@ -19,9 +19,9 @@ import numpy as np
 from phi4mm import image as image_mod
 from phi4mm import media, vision
 from phi4mm.cache import RowCache
-from phi4mm.errors import ContextOverflowError, InputError
+from phi4mm.errors import Cancelled, ContextOverflowError, InputError
 from phi4mm.files import ModelFiles
-from phi4mm.llama import Adapter, Context, ContextSettings, Model, Sampler, SamplerSettings
+from phi4mm.llama import Adapter, Context, ContextSettings, Model, Sampler, SamplerSettings, StopCheck
 from phi4mm.params import GenerationParams
 from phi4mm.prompt import ImageInput, build_prompt
 from phi4mm.streaming import StopScanner, Utf8Stream
@@ -118,13 +118,18 @@ class Engine:
 
     # -- prompt preparation ------------------------------------------------------------------
 
-    def prepare(self, messages: object, dynamic_hd: int | None = None,
-                limits: media.MediaLimits | None = None) -> tuple[Prepared, float]:
-        """Messages -> prompt items (token ids and image spans); returns also image seconds."""
+    def prepare(self, messages: object, dynamic_hd: int | None = None, limits: media.MediaLimits | None = None,
+                should_stop: StopCheck | None = None) -> tuple[Prepared, float]:
+        """Messages -> prompt items (token ids and image spans); returns also image seconds.
+        `should_stop` is checked before each image is encoded."""
         prompt = build_prompt(messages)
         tokens = self.tokenizer.encode(prompt.text)
         started = time.perf_counter()
-        spans = [self._image_span(img, dynamic_hd, limits or self.settings.media_limits) for img in prompt.images]
+        spans = []
+        for img in prompt.images:
+            if should_stop is not None and should_stop():
+                raise Cancelled("the request was cancelled")
+            spans.append(self._image_span(img, dynamic_hd, limits or self.settings.media_limits))
         image_s = time.perf_counter() - started
         items: list[Item] = []
         spans_left = iter(spans)
@@ -182,10 +187,12 @@ class Engine:
             self._slots[kind] = _Slot(Context(self.model, ContextSettings(size, s.n_batch, s.n_threads, s.flash_attn)))
         return self._slots[kind]
 
-    def evaluate(self, items: list[Item], modality: str | None) -> tuple[_Slot, int]:
+    def evaluate(self, items: list[Item], modality: str | None,
+                 should_stop: StopCheck | None = None) -> tuple[_Slot, int]:
         """Decode items (reusing the KV prefix) so the last position's logits are ready.
 
-        Returns the slot and how many leading rows were reused from the KV cache."""
+        Returns the slot and how many leading rows were reused from the KV cache. If decoding stops
+        early (Cancelled, EngineError) the slot's keys still name only rows known to be right."""
         n_rows = sum(i.rows.shape[0] if isinstance(i, ImageSpan) else 1 for i in items)
         if not items or isinstance(items[-1], ImageSpan):
             raise InputError("a prompt must end with a text token", param="messages")
@@ -198,28 +205,28 @@ class Engine:
         reuse = min(reuse, len(keys) - 1)
         slot.ctx.truncate(reuse)
         slot.keys = keys[:reuse]
-        self._decode_from(slot, items, reuse)
+        self._decode_from(slot, items, reuse, should_stop)
         slot.keys = keys
         return slot, reuse
 
-    def _decode_from(self, slot: _Slot, items: list[Item], start: int) -> None:
+    def _decode_from(self, slot: _Slot, items: list[Item], start: int, should_stop: StopCheck | None) -> None:
         pos, run = 0, []
         for item in items:
             if isinstance(item, ImageSpan):
                 if run:
-                    slot.ctx.decode_tokens(run, pos - len(run), False)
+                    slot.ctx.decode_tokens(run, pos - len(run), False, should_stop)
                     run = []
                 n = item.rows.shape[0]
                 if pos + n > start:
                     skip = max(0, start - pos)
-                    slot.ctx.decode_embeddings(item.rows[skip:], pos + skip)
+                    slot.ctx.decode_embeddings(item.rows[skip:], pos + skip, should_stop)
                 pos += n
                 continue
             if pos >= start:
                 run.append(item)
             pos += 1
         if run:
-            slot.ctx.decode_tokens(run, pos - len(run), True)
+            slot.ctx.decode_tokens(run, pos - len(run), True, should_stop)
 
     def check_fits(self, prepared: Prepared, room: int) -> None:
         if prepared.n_rows + room > self.n_ctx:
@@ -232,22 +239,24 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate(self, prepared: Prepared, params: GenerationParams, usage: Usage) -> Iterator[Chunk]:
-        """Yield text chunks; the last one carries finish_reason. `usage` is filled in as it goes."""
+    def generate(self, prepared: Prepared, params: GenerationParams, usage: Usage,
+                 should_stop: StopCheck | None = None) -> Iterator[Chunk]:
+        """Yield text chunks; the last one carries finish_reason. `usage` is filled in as it goes.
+        `should_stop` is checked between prefill batches and between tokens (raises Cancelled)."""
         self.check_fits(prepared, 1)
         items = list(prepared.items)
         started = time.perf_counter()
-        slot, reused = self.evaluate(items, prepared.modality)
+        slot, reused = self.evaluate(items, prepared.modality, should_stop)
         usage.prompt_tokens, usage.image_tokens, usage.cached_tokens = prepared.n_rows, prepared.image_tokens, reused
         usage.prompt_seconds = time.perf_counter() - started
         sampler = Sampler(self.model, _sampler_settings(params))
         try:
-            yield from self._loop(slot, items, prepared, params, sampler, usage)
+            yield from self._loop(slot, items, prepared, params, sampler, usage, should_stop)
         finally:
             sampler.close()
 
     def _loop(self, slot: _Slot, items: list[Item], prepared: Prepared, params: GenerationParams,
-              sampler: Sampler, usage: Usage) -> Iterator[Chunk]:
+              sampler: Sampler, usage: Usage, should_stop: StopCheck | None) -> Iterator[Chunk]:
         utf8, stops = Utf8Stream(), StopScanner(params.stop)
         n_rows, limit = prepared.n_rows, params.max_tokens or self.n_ctx
         started = time.perf_counter()
@@ -272,9 +281,9 @@ class Engine:
             items.append(token)
             n_rows += 1
             if n_rows == self.n_orig + 1 and self.n_ctx > self.n_orig:
-                slot, _ = self.evaluate(items, prepared.modality)  # crossing into long factors
+                slot, _ = self.evaluate(items, prepared.modality, should_stop)  # into long factors
             else:
-                slot.ctx.decode_tokens([token], n_rows - 1, True)
+                slot.ctx.decode_tokens([token], n_rows - 1, True, should_stop)
                 slot.keys.append(token)
         tail = ""
         if not hit:  # emit what was held back as a possible stop-string start

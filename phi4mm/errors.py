@@ -56,5 +56,9 @@ class OverloadedError(Phi4MMError):
     """The request queue is full; retry later."""
 
 
+class Cancelled(Phi4MMError):
+    """The caller's `should_stop` asked for the request to stop (e.g. the client disconnected)."""
+
+
 class EngineError(Phi4MMError):
     """llama.cpp reported a failure that is not the caller's fault."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
-from phi4mm.errors import ConfigError, ConversionError, EngineError
+from phi4mm.errors import Cancelled, ConfigError, ConversionError, EngineError
 
 # llama.cpp's log lines go to the "phi4mm.llama_cpp" logger, quiet (errors only) by default.
 # (llama-cpp-python's own callback maps ggml's current level enum wrongly and prints warnings.)
@@ -145,6 +145,14 @@ class Adapter:
             self.ptr = None
 
 
+StopCheck = Callable[[], bool]
+
+
+def _check(should_stop: StopCheck | None) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled("the request was cancelled")
+
+
 @dataclass(frozen=True)
 class ContextSettings:
     n_ctx: int
@@ -202,10 +210,13 @@ class Context:
         elif not llama_cpp.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
             raise EngineError(f"llama_memory_seq_rm could not drop positions from {n_keep}")
 
-    def decode_tokens(self, tokens: Sequence[int], pos0: int, want_logits: bool) -> None:
-        """Decode tokens at positions pos0..; logits only for the very last one when asked."""
+    def decode_tokens(self, tokens: Sequence[int], pos0: int, want_logits: bool,
+                      should_stop: StopCheck | None = None) -> None:
+        """Decode tokens at positions pos0..; logits only for the very last one when asked.
+        `should_stop` is checked before each batch (Cancelled)."""
         b = self._tokens
         for start in range(0, len(tokens), self.n_batch):
+            _check(should_stop)
             part = tokens[start:start + self.n_batch]
             last_part = start + len(part) == len(tokens)
             for i, tok in enumerate(part):
@@ -218,13 +229,14 @@ class Context:
             b.n_tokens = len(part)
             self._decode(b)
 
-    def decode_embeddings(self, rows: np.ndarray, pos0: int) -> None:
+    def decode_embeddings(self, rows: np.ndarray, pos0: int, should_stop: StopCheck | None = None) -> None:
         """Decode float32 rows (n, n_embd) as input embeddings at pos0..; no logits (notes §5)."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.model.n_embd:
             raise EngineError(f"embedding rows have shape {rows.shape}, expected (n, {self.model.n_embd})")
         b = self._embd
         for start in range(0, rows.shape[0], self.n_batch):
+            _check(should_stop)
             part = rows[start:start + self.n_batch]
             ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
             for i in range(part.shape[0]):

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 from llama_cpp import Llama
@@ -92,10 +93,10 @@ def main() -> None:
         tokens = model.tokenize(build_prompt(msgs).text)
         n = len(tokens)
         jobs = {
-            "phi4mm": lambda: bench_ours(model, msgs, n, args.gen_tokens),
-            "llama_cpp.Llama": lambda: bench_llama(llm, tokens, args.gen_tokens),
-            "phi4mm + vision LoRA": lambda: bench_ours_lora(
-                model, messages(model, 1000 + run, args.prompt_tokens), n, args.gen_tokens),
+            "phi4mm": partial(bench_ours, model, msgs, n, args.gen_tokens),
+            "llama_cpp.Llama": partial(bench_llama, llm, tokens, args.gen_tokens),
+            "phi4mm + vision LoRA": partial(
+                bench_ours_lora, model, messages(model, 1000 + run, args.prompt_tokens), n, args.gen_tokens),
         }
         order = list(jobs) if run % 2 else list(reversed(jobs))  # alternate who goes first
         rows = {name: jobs[name]() for name in order}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -32,7 +33,7 @@ class Service:
 
     def submit(self, chat: ChatRequest) -> Job:
         """Queue `chat` (OverloadedError when the queue is full); its chunks come from the job."""
-        job = Job(partial(self._start, chat), asyncio.get_running_loop())
+        job = Job(lambda: self._start(chat, lambda: job.cancelled), asyncio.get_running_loop())
         self.worker.submit(job)
         return job
 
@@ -42,9 +43,10 @@ class Service:
         messages = await run_in_threadpool(map_image_sources, chat.messages, load)
         return replace(chat, messages=messages)
 
-    def _start(self, chat: ChatRequest):
+    def _start(self, chat: ChatRequest, should_stop: Callable[[], bool]):
         return self.engine.create_chat_completion(
-            chat.messages, stream=True, media_limits=self.settings.media_limits, **chat.options)
+            chat.messages, stream=True, media_limits=self.settings.media_limits, should_stop=should_stop,
+            **chat.options)
 
     def warm_up(self) -> None:
         """One short greedy decode, so the first request does not pay for lazy set-up."""

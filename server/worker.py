@@ -9,7 +9,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from phi4mm.errors import OverloadedError
+from phi4mm.errors import Cancelled, OverloadedError
 from phi4mm.server.errors import Unavailable
 
 _END = object()
@@ -45,6 +45,9 @@ class Job:
         """Engine thread: run to the end or until cancelled; True when stopped by cancellation."""
         try:
             stopped = self._pump()
+        except Cancelled:  # stopped inside prefill or between tokens: nobody waits for the output
+            self._emit(_END)
+            return True
         except Exception as exc:  # noqa: BLE001 - re-raised in the request's task by next()
             self._emit(exc)
             return False

@@ -3,6 +3,7 @@ typed input errors, quantized conversions."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from phi4mm import ContextOverflowError, InputError, Phi4MM
@@ -139,3 +140,25 @@ def test_hub_layout_directory_is_converted_once_into_the_cache(tmp_path, tiny_ck
 def test_converted_directory_with_another_quant_is_an_error(tiny_f32):
     with pytest.raises(InputError, match="holds a f32 conversion but quant='q4_k_m'"):
         Phi4MM.from_pretrained(tiny_f32, quant="q4_k_m")
+
+
+def test_should_stop_cancels_prefill_and_generation_and_leaves_the_cache_sound(model_f32):
+    from phi4mm import Cancelled
+
+    msgs = [{"role": "user", "content": "count with me " * 20}]
+    before = model_f32.prompt_logits(msgs)
+    model_f32.prompt_logits(HELLO)  # move the KV elsewhere
+    calls = iter(range(1000))
+    gen = model_f32.create_chat_completion(msgs, max_tokens=50, stream=True, temperature=1.0, seed=0,
+                                           should_stop=lambda: next(calls) >= 3)
+    with pytest.raises(Cancelled):
+        list(gen)
+    after = model_f32.prompt_logits(msgs)
+    assert np.abs(before - after).max() <= 1e-4 * np.abs(before).max()
+
+
+def test_should_stop_before_any_work(model_f32):
+    from phi4mm import Cancelled
+
+    with pytest.raises(Cancelled):
+        list(model_f32.create_chat_completion(HELLO, stream=True, should_stop=lambda: True))
