@@ -17,7 +17,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from phi4mm.converter.checkpoint import Checkpoint, bf16_bits_to_f32
+from phi4mm.converter.checkpoint import Checkpoint, bf16_bits_to_f32, f32_to_bf16_bits
 from phi4mm.converter.plan import FilePlan, TensorSpec
 from phi4mm.errors import ConversionError
 
@@ -97,7 +97,7 @@ def _tensor_chunks(t: TensorSpec, ckpt: Checkpoint) -> Iterator[np.ndarray]:
 def convert_chunk(raw: np.ndarray, out_type: str) -> np.ndarray:
     """Rows of stored values (bf16 bits as uint16, f16 or f32) -> bytes-ready array of out_type."""
     if out_type == "bf16":
-        return raw if raw.dtype == np.uint16 else _f32_to_bf16(raw.astype(np.float32))
+        return raw if raw.dtype == np.uint16 else f32_to_bf16_bits(raw)
     values = bf16_bits_to_f32(raw) if raw.dtype == np.uint16 else raw.astype(np.float32)
     if out_type == "f32":
         return values
@@ -110,10 +110,6 @@ def convert_chunk(raw: np.ndarray, out_type: str) -> np.ndarray:
         return gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
     raise ConversionError(f"unknown output type {out_type!r}")
 
-
-def _f32_to_bf16(values: np.ndarray) -> np.ndarray:
-    bits = values.view(np.uint32)
-    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
 
 
 def _add_metadata(writer: gguf.GGUFWriter, key: str, value: Any) -> None:

@@ -135,7 +135,7 @@ class Engine:
         spans_left = iter(spans)
         for tok in tokens:
             items.append(next(spans_left) if tok == self.image_token_id else tok)
-        n_rows = sum(item.rows.shape[0] if isinstance(item, ImageSpan) else 1 for item in items)
+        n_rows = _n_rows(items)
         image_tokens = sum(s.rows.shape[0] for s in spans)
         return Prepared(tuple(items), n_rows, "vision" if spans else None, image_tokens), image_s
 
@@ -193,7 +193,7 @@ class Engine:
 
         Returns the slot and how many leading rows were reused from the KV cache. If decoding stops
         early (Cancelled, EngineError) the slot's keys still name only rows known to be right."""
-        n_rows = sum(i.rows.shape[0] if isinstance(i, ImageSpan) else 1 for i in items)
+        n_rows = _n_rows(items)
         if not items or isinstance(items[-1], ImageSpan):
             raise InputError("a prompt must end with a text token", param="messages")
         slot = self._slot(n_rows)
@@ -300,6 +300,10 @@ class Engine:
             adapter.close()
         self._adapters.clear()
         self.model.close()
+
+
+def _n_rows(items: list[Item]) -> int:
+    return sum(i.rows.shape[0] if isinstance(i, ImageSpan) else 1 for i in items)
 
 
 def _row_keys(items: list[Item]) -> list:

@@ -17,18 +17,6 @@ import numpy as np
 ChunkSource = Callable[[], Iterable[np.ndarray]]
 
 
-def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
-    """float32 array -> uint16 bf16 bit patterns, rounded to nearest even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    return ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    """uint16 bf16 bit patterns -> float32 (exact)."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
 def plan_shards(sizes: dict[str, int], n_shards: int) -> list[list[str]]:
     """Split tensor names (in order) into n_shards groups of roughly equal byte size."""
     total = sum(sizes.values())

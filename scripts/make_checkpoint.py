@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from phi4mm.converter.checkpoint import f32_to_bf16_bits
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ckpt_safetensors import f32_to_bf16_bits, plan_shards, write_safetensors
+from ckpt_safetensors import plan_shards, write_safetensors
 from ckpt_tokenizer import SPECIAL_TOKENS, o200k_bpe, synthetic_bpe, write_tokenizer_files
 
 VOCAB = 200064

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from functools import partial
 
 import pytest
 from starlette.testclient import TestClient
@@ -243,17 +244,20 @@ def test_worker_bounds_the_queue_and_withdraw_frees_a_slot():
     asyncio.run(scenario())
 
 
+def endless_tokens(closed: threading.Event):
+    """A generation that never ends by itself; `closed` is set when its generator is closed."""
+    try:
+        while True:
+            yield {"token": 1}
+    finally:
+        closed.set()
+
+
 def test_worker_cancels_a_running_generation_between_chunks():
     async def scenario():
         loop, closed = asyncio.get_running_loop(), threading.Event()
 
-        def endless():
-            try:
-                while True:
-                    yield {"token": 1}
-            finally:
-                closed.set()
-
+        endless = partial(endless_tokens, closed)
         worker = Worker(max_queue=0)
         job = Job(endless, loop)
         worker.submit(job)
@@ -271,13 +275,7 @@ def test_worker_close_fails_waiting_jobs_and_stops_the_running_one():
     async def scenario():
         loop, closed = asyncio.get_running_loop(), threading.Event()
 
-        def endless():
-            try:
-                while True:
-                    yield {"token": 1}
-            finally:
-                closed.set()
-
+        endless = partial(endless_tokens, closed)
         worker = Worker(max_queue=2)
         running, waiting = Job(endless, loop), Job(lambda: iter([{"never": True}]), loop)
         worker.submit(running)
