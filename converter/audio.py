@@ -5,11 +5,12 @@ Arch `phi4mm-audio`; hyper-parameters in `phi4mm.audio.*` metadata.
 
 from __future__ import annotations
 
+from phi4mm import keys
 from phi4mm.converter import names
 from phi4mm.converter.hubconfig import AudioConfig, HubConfig
 from phi4mm.converter.plan import FilePlan, TensorSpec
 
-ARCH = "phi4mm-audio"
+ARCH = keys.AUDIO_ARCH
 
 
 def audio_plan(hub: HubConfig, out_type: str, filename: str) -> FilePlan:
@@ -35,7 +36,7 @@ def audio_plan(hub: HubConfig, out_type: str, filename: str) -> FilePlan:
         "phi4mm.audio.layer_norm_eps": 1e-5,
         "phi4mm.audio.sample_rate_hz": 16000,
         "phi4mm.audio.text_hidden_size": H,
-        "phi4mm.audio.audio_token_id": 200011,
+        "phi4mm.audio.audio_token_id": keys.AUDIO_TOKEN_ID,
     }
     return FilePlan(filename, ARCH, metadata, tuple(tensors))
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from phi4mm import keys
 from phi4mm.converter import names
 from phi4mm.converter.hubconfig import HubConfig
 from phi4mm.converter.plan import FilePlan, TensorSpec
 from phi4mm.converter.tokenizer import Vocabulary
 
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}
-IMAGE_TOKEN_ID = 200010
-AUDIO_TOKEN_ID = 200011
 
 
 def text_plan(hub: HubConfig, vocab: Vocabulary, out_type: str, filename: str,
@@ -75,9 +74,9 @@ def _metadata(hub: HubConfig, vocab: Vocabulary, out_type: str) -> dict:
         "tokenizer.ggml.padding_token_id": 199999,
         "tokenizer.ggml.add_bos_token": False,
         "tokenizer.ggml.add_eos_token": False,
-        "phi4mm.image_token_id": IMAGE_TOKEN_ID,
-        "phi4mm.audio_token_id": AUDIO_TOKEN_ID,
-        "phi4mm.eos_token_ids": list(hub.eos_token_ids),
+        keys.IMAGE_TOKEN_KEY: keys.IMAGE_TOKEN_ID,
+        keys.AUDIO_TOKEN_KEY: keys.AUDIO_TOKEN_ID,
+        keys.EOS_TOKEN_IDS_KEY: list(hub.eos_token_ids),
     }
     if vocab.chat_template:
         meta["tokenizer.chat_template"] = vocab.chat_template

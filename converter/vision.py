@@ -5,11 +5,12 @@ Arch `phi4mm-vision`; every hyper-parameter inference needs is in `phi4mm.vision
 
 from __future__ import annotations
 
+from phi4mm import keys
 from phi4mm.converter import names
 from phi4mm.converter.hubconfig import HubConfig
 from phi4mm.converter.plan import FilePlan, TensorSpec
 
-ARCH = "phi4mm-vision"
+ARCH = keys.VISION_ARCH
 
 
 def vision_plan(hub: HubConfig, out_type: str, filename: str) -> FilePlan:
@@ -55,7 +56,7 @@ def vision_plan(hub: HubConfig, out_type: str, filename: str) -> FilePlan:
         "phi4mm.vision.hd_transform_order": "sub_glb",
         "phi4mm.vision.projector_act": "gelu_erf",
         "phi4mm.vision.text_hidden_size": H,
-        "phi4mm.vision.image_token_id": 200010,
+        "phi4mm.vision.image_token_id": keys.IMAGE_TOKEN_ID,
     }
     return FilePlan(filename, ARCH, metadata, tuple(tensors))
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from phi4mm import nn
 from phi4mm.errors import ConfigError
 
 if TYPE_CHECKING:  # only its attributes are read: importing vision must not import Pillow
@@ -258,7 +259,7 @@ def _encoder_layer(x: np.ndarray, w: LayerWeights, cfg: VisionConfig, work: _Wor
     eps = cfg.layer_norm_eps
 
     def qkv(rows: slice) -> None:
-        _layer_norm(x[rows], w.ln1_w, w.ln1_b, eps, out=work.h[rows])
+        nn.layer_norm(x[rows], w.ln1_w, w.ln1_b, eps, out=work.h[rows])
         np.matmul(work.h[rows], w.qkv_w.T, out=work.qkv[rows])
         work.qkv[rows] += w.qkv_b
 
@@ -272,11 +273,11 @@ def _encoder_layer(x: np.ndarray, w: LayerWeights, cfg: VisionConfig, work: _Wor
         np.matmul(h, w.out_w.T, out=y)
         y += w.out_b
         x[rows] += y
-        _layer_norm(x[rows], w.ln2_w, w.ln2_b, eps, out=h)
+        nn.layer_norm(x[rows], w.ln2_w, w.ln2_b, eps, out=h)
         np.matmul(h, w.up_w.T, out=up)
         up += w.up_b
         for r in range(0, len(up), GELU_ROWS):
-            _gelu_tanh(up[r:r + GELU_ROWS], gelu_tmp)
+            nn.gelu_tanh_(up[r:r + GELU_ROWS], gelu_tmp)
         np.matmul(up, w.down_w.T, out=y)
         y += w.down_b
         x[rows] += y
@@ -301,43 +302,9 @@ def _attention(qkv: np.ndarray, key_idx: np.ndarray | None, heads: np.ndarray, n
     q, k, v = qkv_heads[0], qkv_heads[1], qkv_heads[2]
     if key_idx is not None:
         k, v = k[:, key_idx], v[:, key_idx]                            # (heads, Tk, hd)
-    s = np.empty((T, k.shape[1]), F32)                                 # (T, Tk)
     out_heads = out.reshape(T, n_heads, hd)
     for h in heads:
-        np.matmul(q[h], k[h].T, out=s)
-        s -= s.max(axis=1, keepdims=True)
-        np.exp(s, out=s)
-        total = s.sum(axis=1, keepdims=True)                           # (T, 1)
-        o = s @ v[h]                                                   # (T, hd)
-        o /= total
-        out_heads[:, h] = o
-
-
-def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> None:
-    """LayerNorm over the last axis of x (N, D) into out."""
-    mean = x.mean(axis=1, keepdims=True)
-    np.subtract(x, mean, out=out)
-    var = np.einsum("ij,ij->i", out, out)[:, None]
-    var /= x.shape[1]
-    var += F32(eps)
-    np.sqrt(var, out=var)
-    out /= var
-    out *= w
-    out += b
-
-
-def _gelu_tanh(u: np.ndarray, tmp: np.ndarray) -> None:
-    """In place: u = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))) (gelu_pytorch_tanh)."""
-    t = tmp[:len(u)]
-    np.multiply(u, u, out=t)
-    t *= F32(0.044715)
-    t += F32(1)
-    t *= u
-    t *= F32(math.sqrt(2 / math.pi))
-    np.tanh(t, out=t)
-    t += F32(1)
-    u *= F32(0.5)
-    u *= t
+        out_heads[:, h] = nn.attention_head(q[h], k[h], v[h])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +358,7 @@ def project(rows: np.ndarray, weights: VisionWeights) -> np.ndarray:
     """(n_tokens, D) -> (n_tokens, H): Linear -> exact (erf) GELU -> Linear (§6.4)."""
     hidden = rows @ weights.up_w.T   # (n_tokens, H)
     hidden += weights.up_b
-    _gelu_erf(hidden)
+    nn.gelu_erf_(hidden)
     out = hidden @ weights.down_w.T
     out += weights.down_b
     return out
@@ -428,43 +395,3 @@ def _kept_patches(patch_mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     cells = np.concatenate([np.ones((1, half, half), bool), kept,
                             np.zeros((len(patch_mask) - 1 - gh * gw, half, half), bool)])
     return cells.repeat(2, axis=1).repeat(2, axis=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact GELU: 1 + erf(z) = erfc(-z), erfc(a) = t exp(P(t) - a^2) with t = 1/(1 + a/2), a >= 0.
-# P is a degree-10 fit of log(erfc(a)/t) + a^2 (the form of Numerical Recipes' erfcc), made with
-# numpy's Chebyshev interpolation against libm's erfc on a in [0, 10]: relative error < 1e-8.
-
-_ERFC_POLY = (  # P(t), increasing powers of t
-    -1.2655853674053887, 1.0019976466193334, 0.35131843805513263, 0.2440871248827018,
-    -0.7776201041012902, 1.8217874334908788, -3.7949106130084043, 4.492053041713081,
-    -2.95765260337146, 1.0375311467129082, -0.1530061436124431)
-_ERFC_MAX_ARG = 10.0   # erfc(10) = 2e-45: beyond it the value no longer matters in float32
-_GELU_CHUNK = 1 << 15  # elements per float64 chunk of the projector GELU (fits in L2)
-
-
-def one_plus_erf(z: np.ndarray) -> np.ndarray:
-    """1 + erf(z) in float64, relative error < 1e-8 for |z| <= 10 (also where it is tiny)."""
-    z = np.asarray(z, dtype=np.float64)
-    a = np.minimum(np.abs(z), _ERFC_MAX_ARG)
-    t = 0.5 * a
-    t += 1.0
-    np.reciprocal(t, out=t)
-    poly = np.full_like(t, _ERFC_POLY[-1])
-    for coef in _ERFC_POLY[-2::-1]:
-        poly *= t
-        poly += coef
-    a *= a
-    poly -= a
-    np.exp(poly, out=poly)
-    poly *= t                                   # erfc(|z|)
-    return np.where(z < 0, poly, 2.0 - poly)
-
-
-def _gelu_erf(x: np.ndarray) -> None:
-    """In place: x = 0.5 x (1 + erf(x / sqrt 2)) (nn.GELU default), evaluated in float64."""
-    rows = max(1, _GELU_CHUNK // max(1, x.shape[1]))
-    for r in range(0, len(x), rows):
-        part = x[r:r + rows]
-        wide = part.astype(np.float64)
-        part[...] = 0.5 * wide * one_plus_erf(wide * math.sqrt(0.5))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phi4mm import vision
+from phi4mm import nn, vision
 from phi4mm.errors import ConfigError
 from phi4mm.image import ImageCrops
 from phi4mm.weights import read_gguf
@@ -205,7 +205,7 @@ def test_encode_image_independent_of_batching_and_workers(weights, crops_per_bat
 
 def test_erf_against_libm():
     z = np.concatenate([np.linspace(-12, 12, 48001), [0.0, 1e-8, -1e-8, -30.0, 30.0]])
-    got = vision.one_plus_erf(z)
+    got = nn.one_plus_erf(z)
     want = np.array([math.erfc(-v) for v in z])
     inside = np.abs(z) <= 10
     assert np.all(np.abs(got - want)[inside] <= 2e-8 * want[inside])
@@ -218,7 +218,7 @@ def test_gelu_erf_matches_torch():
     x = np.linspace(-12, 12, 100001, dtype=np.float32)[None, :]
     want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
     got = x.copy()
-    vision._gelu_erf(got)
+    nn.gelu_erf_(got)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-7)
 
 
