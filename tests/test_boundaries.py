@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_FILES = sorted([*ROOT.glob("phi4mm/*.py"), *ROOT.glob("converter/*.py"), *ROOT.glob("server/*.py")])
+PACKAGE_FILES = sorted([*ROOT.glob("phi4mm/**/*.py"), *ROOT.glob("converter/**/*.py"),
+                        *ROOT.glob("server/**/*.py")])
 
 ALLOWED = {  # library -> files that may import it
     "llama_cpp": {"phi4mm/llama.py"},
-    "PIL": {"phi4mm/media.py", "phi4mm/image.py"},
-    "starlette": {f"server/{p.name}" for p in ROOT.glob("server/*.py")},
+    "PIL": {"phi4mm/media/image.py", "phi4mm/image.py"},
+    "av": {"phi4mm/media/audio.py"},
+    "soundfile": {"phi4mm/media/audio.py"},
+    "starlette": {str(p.relative_to(ROOT)) for p in ROOT.glob("server/**/*.py")},
     "uvicorn": {"server/app.py"},
     "torch": set(),
     "transformers": set(),

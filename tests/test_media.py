@@ -1,4 +1,4 @@
-"""Media loading (phi4mm/media.py): every source kind, every Pillow format we promise, every limit
+"""Image loading (phi4mm/media/): every source kind, every Pillow format we promise, every limit
 and refusal. The only network is a local http.server on 127.0.0.1."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phi4mm import media
 from phi4mm.errors import ConfigError, MediaError
-from phi4mm.media import MediaLimits, load_image
+from phi4mm.media import MediaLimits, fetch, load_image
 
 LOCAL = MediaLimits(allow_private_urls=True)  # the test server lives on 127.0.0.1
 
@@ -186,7 +185,7 @@ def test_http_url_to_a_private_address_is_refused_by_default(server, host):
 
 
 def test_https_with_a_trusted_certificate(tls_server, monkeypatch):
-    monkeypatch.setattr(media, "_tls_context", lambda: ssl.create_default_context(cadata=TEST_CERT))
+    monkeypatch.setattr(fetch, "_tls_context", lambda: ssl.create_default_context(cadata=TEST_CERT))
     assert_pixels(load_image(tls_server.route("/a.png", PNG), LOCAL))
 
 
@@ -322,7 +321,7 @@ def test_too_many_pixels_for_decoded_sources():
 
 @pytest.mark.parametrize("fixture", ["server", "tls_server"])
 def test_slow_server_times_out(fixture, request, monkeypatch):
-    monkeypatch.setattr(media, "_tls_context", lambda: ssl.create_default_context(cadata=TEST_CERT))
+    monkeypatch.setattr(fetch, "_tls_context", lambda: ssl.create_default_context(cadata=TEST_CERT))
     url = request.getfixturevalue(fixture).route("/slow.png", PNG, delay="headers")
     with pytest.raises(MediaError, match=r"timeout_s=0\.3"):
         load_image(url, MediaLimits(timeout_s=0.3, allow_private_urls=True))
@@ -371,8 +370,8 @@ def test_bad_base64(source):
 
 def test_redirect_to_a_refused_address(server, monkeypatch):
     # Let 127.0.0.1 pass as public so the first hop connects; 127.0.0.2 stays refused.
-    real = media._address_refusal
-    monkeypatch.setattr(media, "_address_refusal",
+    real = fetch._address_refusal
+    monkeypatch.setattr(fetch, "_address_refusal",
                         lambda ip: None if ip == "127.0.0.1" else real(ip))
     server.route("/ok.png", PNG)
     assert_pixels(load_image(server.url("/ok.png")))  # default limits
@@ -389,7 +388,7 @@ def test_peer_address_is_checked_after_connect(server, monkeypatch):
         seen.append(ip)
         return None if len(seen) == 1 else "a loopback address"
 
-    monkeypatch.setattr(media, "_address_refusal", refusal)
+    monkeypatch.setattr(fetch, "_address_refusal", refusal)
     with pytest.raises(MediaError, match="connected to 127.0.0.1, a loopback address"):
         load_image(server.route("/a.png", PNG))
     assert seen == ["127.0.0.1", "127.0.0.1"]
