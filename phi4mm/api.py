@@ -32,7 +32,7 @@ class Phi4MM:
     @classmethod
     def from_pretrained(cls, model: str | Path = store.DEFAULT_MODEL, quant: str | None = None,
                         n_ctx: int = 8192, n_threads: int = 0, n_batch: int = 512,
-                        dynamic_hd: int | None = None, image_cache_mb: int = 512,
+                        dynamic_hd: int | None = None, media_cache_mb: int = 512,
                         media_limits: MediaLimits | None = None, flash_attn: bool = False,
                         use_mmap: bool = False, cache_dir: str | Path | None = None,
                         encoder_type: str = "f16",
@@ -44,7 +44,7 @@ class Phi4MM:
         files = store.locate(model, quant, encoder_type, cache_dir, progress, n_threads)
         settings = EngineSettings(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, flash_attn=flash_attn,
                                   use_mmap=use_mmap, dynamic_hd=dynamic_hd,
-                                  image_cache_bytes=image_cache_mb << 20,
+                                  media_cache_bytes=media_cache_mb << 20,
                                   media_limits=media_limits or MediaLimits())
         return cls(files, settings, name=str(model))
 
@@ -65,9 +65,9 @@ class Phi4MM:
                              presence_penalty, repeat_penalty, stop, seed, dynamic_hd,
                              _grammar(response_format))
         with self._lock:
-            prepared, image_s = self.engine.prepare(messages, params.dynamic_hd, media_limits, should_stop)
+            prepared = self.engine.prepare(messages, params.dynamic_hd, media_limits, should_stop)
             self.engine.check_fits(prepared, 1)
-        chunks = self._generate(prepared, params, image_s, should_stop)
+        chunks = self._generate(prepared, params, should_stop)
         return self._stream(chunks) if stream else self._collect(chunks)
 
     def prompt_logits(self, messages: Any, dynamic_hd: int | None = None,
@@ -75,15 +75,15 @@ class Phi4MM:
         """float32 (vocab,) next-token logits after the prompt (chat template + generation prompt)."""
         make_params(dynamic_hd=dynamic_hd)
         with self._lock:
-            prepared, _ = self.engine.prepare(messages, dynamic_hd, media_limits)
+            prepared = self.engine.prepare(messages, dynamic_hd, media_limits)
             return self.engine.prompt_logits(prepared)
 
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenizer.encode(text)
 
-    def _generate(self, prepared: Prepared, params, image_s: float,
+    def _generate(self, prepared: Prepared, params,
                   should_stop: Callable[[], bool] | None) -> Iterator[tuple[str, str | None, Usage]]:
-        usage = Usage(image_seconds=image_s)
+        usage = Usage()
         with self._lock:
             for chunk in self.engine.generate(prepared, params, usage, should_stop):
                 yield chunk.text, chunk.finish_reason, usage

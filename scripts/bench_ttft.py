@@ -67,7 +67,7 @@ def main() -> None:
           f"{usage['prompt_tokens']} prompt tokens, {args.threads} threads, medians of {args.runs} runs")
     for key, values in results.items():
         print(f"time to first token, {key:12s} {statistics.median(values):7.2f} s")
-    stats = model.engine.image_cache.stats
+    stats = model.engine.encoders.cache.stats
     print(f"image-row cache: {stats.hits} hits, {stats.misses} misses, {stats.seconds_saved:.1f} s of encoding saved")
 
 

@@ -34,7 +34,7 @@ async def chat_completions(request: Request) -> Response:
     service = _service(request)
     authorize(request, service.settings.api_key)
     chat = parse_chat_request(await read_json(request, service.settings.max_body_bytes))
-    chat = await service.fetch_images(chat)  # downloads and decoding never hold the engine
+    chat = await service.fetch_media(chat)  # downloads and decoding never hold the engine
     job = service.submit(chat)
     if chat.stream:
         return await _stream(request, service, job, chat.include_usage)

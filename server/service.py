@@ -7,13 +7,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
 from phi4mm import media
-from phi4mm.prompt import map_image_sources
+from phi4mm.prompt import MediaRef, map_media_sources
 from phi4mm.server.schemas import ChatRequest
 from phi4mm.server.settings import ServerSettings
 from phi4mm.server.worker import Job, Worker
@@ -37,11 +36,14 @@ class Service:
         self.worker.submit(job)
         return job
 
-    async def fetch_images(self, chat: ChatRequest) -> ChatRequest:
-        """Fetch and decode the request's images in a thread pool, within the media limits."""
-        load = partial(media.load_image, limits=self.settings.media_limits)
-        messages = await run_in_threadpool(map_image_sources, chat.messages, load)
+    async def fetch_media(self, chat: ChatRequest) -> ChatRequest:
+        """Fetch and decode the request's images and audio in a thread pool, within the limits."""
+        messages = await run_in_threadpool(map_media_sources, chat.messages, self._load)
         return replace(chat, messages=messages)
+
+    def _load(self, ref: MediaRef):
+        load = media.load_image if ref.kind == "image" else media.load_audio
+        return load(ref.source, self.settings.media_limits)
 
     def _start(self, chat: ChatRequest, should_stop: Callable[[], bool]):
         return self.engine.create_chat_completion(

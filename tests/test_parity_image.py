@@ -103,9 +103,9 @@ def test_extreme_aspect_ratio_is_a_clear_input_error(image_model, width, height,
 def test_image_rows_are_cached_and_reused(image_model):
     picture = make_picture(640, 360)
     first = image_model.prompt_logits(user([picture]))
-    hits = image_model.engine.image_cache.stats.hits
+    hits = image_model.engine.encoders.cache.stats.hits
     again = image_model.prompt_logits(user([picture]))
-    assert image_model.engine.image_cache.stats.hits == hits + 1
+    assert image_model.engine.encoders.cache.stats.hits == hits + 1
     # the KV prefix is reused too: only the last token is decoded again (batch shape differs)
     assert np.abs(first - again).max() <= 1e-5 * np.abs(first).max()
 
