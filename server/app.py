@@ -16,6 +16,7 @@ from phi4mm.server.errors import EXCEPTION_HANDLERS
 from phi4mm.server.routes import ROUTES
 from phi4mm.server.service import Service
 from phi4mm.server.settings import ServerSettings
+from phi4mm.server.ui import ui_routes
 
 EngineLoader = Callable[[ServerSettings], Any]
 
@@ -40,7 +41,8 @@ def create_app(settings: ServerSettings, load_engine: EngineLoader = load_phi4mm
         finally:
             await asyncio.to_thread(service.close)
 
-    return Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    routes = [*ROUTES, *(ui_routes(settings) if settings.ui else [])]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 
 
 def start_service(settings: ServerSettings, load_engine: EngineLoader) -> Service:

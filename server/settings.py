@@ -31,6 +31,7 @@ class ServerSettings:
     dynamic_hd: int | None = None
     shutdown_timeout_s: float = 10.0    # in-flight requests get this long, then are cancelled
     warmup: bool = True                 # one decode at start-up
+    ui: bool = True                     # the chat page at / (--no-ui: API only)
 
     def __post_init__(self):
         for name, least in (("max_queue", 0), ("max_body_bytes", 1), ("port", 0), ("n_ctx", 16)):
@@ -63,6 +64,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-queue", type=int, default=16, help="requests waiting for the engine (default 16)")
     add("--max-body-mb", type=float, default=32.0, help="largest request body in MB (default 32)")
     add("--dynamic-hd", type=int, default=None, help="most image crops (default: the model's, 36)")
+    add("--no-ui", dest="ui", action="store_false", help="don't serve the chat page at /")
 
 
 def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) -> ServerSettings:
@@ -72,4 +74,4 @@ def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) 
         n_ctx=args.n_ctx, n_threads=args.threads, api_key=args.api_key or None,
         media_limits=server_media_limits(args.allow_private_urls, dirs),
         max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        dynamic_hd=args.dynamic_hd)
+        dynamic_hd=args.dynamic_hd, ui=args.ui)
