@@ -18,6 +18,8 @@ from phi4mm.errors import InputError
 from phi4mm.files import ModelFiles
 from phi4mm.media import MediaLimits
 from phi4mm.params import make_params
+from phi4mm.transcribe import DEFAULT_MAX_TOKENS_PER_WINDOW, Transcript
+from phi4mm.transcription import Event, final, transcribe_events
 
 
 class Phi4MM:
@@ -77,6 +79,33 @@ class Phi4MM:
         with self._lock:
             prepared = self.engine.prepare(messages, dynamic_hd, media_limits)
             return self.engine.prompt_logits(prepared)
+
+    def transcribe(self, audio: Any, *, translate_to: str | None = None, language: str | None = None,
+                   prompt: str | None = None, temperature: float = 0.0,
+                   max_tokens_per_window: int = DEFAULT_MAX_TOKENS_PER_WINDOW,
+                   media_limits: MediaLimits | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> Transcript:
+        """Audio of any length (a path, URL, bytes, (samples, rate) or media.Waveform) -> Transcript
+        (`.text`, `.segments` of (start_s, end_s, text), `.duration_s`; `phi4mm.transcribe.render`
+        gives srt/vtt/verbose_json). Windows of at most 30 s cut at quiet points, one chat completion
+        each; `translate_to` ("French", "fr") translates instead; `language` is the spoken language
+        (a hint); `prompt` is sent as the system message."""
+        return final(self.transcribe_stream(audio, translate_to=translate_to, language=language, prompt=prompt,
+                                            temperature=temperature, max_tokens_per_window=max_tokens_per_window,
+                                            media_limits=media_limits, should_stop=should_stop))
+
+    def transcribe_stream(self, audio: Any, *, translate_to: str | None = None, language: str | None = None,
+                          prompt: str | None = None, temperature: float = 0.0,
+                          max_tokens_per_window: int = DEFAULT_MAX_TOKENS_PER_WINDOW,
+                          media_limits: MediaLimits | None = None,
+                          should_stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+        """As `transcribe`, as a generator of events (phi4mm.transcribe): per window a Window, its
+        Deltas (they concatenate to the transcript's text) and its Segment; last the Transcript.
+        Input errors raise before any event."""
+        return transcribe_events(self, audio, media_limits or self.engine.settings.media_limits,
+                                 translate_to=translate_to, language=language, prompt=prompt,
+                                 temperature=temperature, max_tokens_per_window=max_tokens_per_window,
+                                 should_stop=should_stop)
 
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenizer.encode(text)

@@ -1,6 +1,6 @@
-"""`phi4mm run`: answer one prompt (optionally about images), streaming tokens to the terminal, or
-chat interactively with history: `/image PATH` attaches an image to the next message, `/reset`
-clears the history, `/quit` exits."""
+"""`phi4mm run`: answer one prompt (optionally about images and audio clips), streaming tokens to
+the terminal, or chat interactively with history: `/image PATH` and `/audio PATH` attach media to
+the next message, `/reset` clears the history, `/quit` exits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import TextIO
 from phi4mm import store
 from phi4mm.errors import InputError
 
-HELP = ("/image PATH attaches an image to your next message, /reset clears the history, "
-        "/quit exits")
+HELP = ("/image PATH or /audio PATH attaches an image or an audio clip to your next message, "
+        "/reset clears the history, /quit exits")
+Attachment = tuple[str, Path]  # ("image" or "audio", file)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         f"directory (default {store.DEFAULT_MODEL})")
     add("--quant", default=None, help=f"text decoder type when converting (default {store.DEFAULT_QUANT})")
     add("--image", action="append", default=[], metavar="PATH", help="image file (repeatable)")
+    add("--audio", action="append", default=[], metavar="PATH",
+        help="audio file: wav, mp3, flac, ogg, m4a, webm ... (repeatable)")
     add("--system", default=None, help="system message")
     add("--n-ctx", type=int, default=8192, help="context window in tokens (default 8192)")
     add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
@@ -38,11 +41,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     model = load_model(args)
     with model:
+        attached = [("image", Path(p)) for p in args.image] + [("audio", Path(p)) for p in args.audio]
         if args.prompt is not None:
-            chat = Chat(model, args)
-            chat.ask(args.prompt, [Path(p) for p in args.image])
+            Chat(model, args).ask(args.prompt, attached)
             return 0
-        return interactive(Chat(model, args), [Path(p) for p in args.image])
+        return interactive(Chat(model, args), attached)
 
 
 def load_model(args: argparse.Namespace):
@@ -54,7 +57,7 @@ def load_model(args: argparse.Namespace):
     started = time.perf_counter()
     print(f"phi4mm: loading {files.root} ...", file=sys.stderr, flush=True)
     model = Phi4MM.from_pretrained(files.root, n_ctx=args.n_ctx, n_threads=args.threads,
-                                   dynamic_hd=args.dynamic_hd)
+                                   dynamic_hd=getattr(args, "dynamic_hd", None))
     print(f"phi4mm: loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return model
 
@@ -74,9 +77,9 @@ class Chat:
     def reset(self) -> None:
         self.history = [{"role": "system", "content": self.system}] if self.system else []
 
-    def ask(self, text: str, images: list[Path]) -> str:
+    def ask(self, text: str, attached: list[Attachment]) -> str:
         """Stream the answer to `out`; the turn joins the history only if it succeeded."""
-        parts = [{"type": "image", "image": path} for path in images] + [{"type": "text", "text": text}]
+        parts = [{"type": kind, kind: path} for kind, path in attached] + [{"type": "text", "text": text}]
         messages = self.history + [{"role": "user", "content": parts}]
         pieces = []
         for chunk in self.model.create_chat_completion(messages, stream=True, **self.options):
@@ -90,9 +93,9 @@ class Chat:
         return answer
 
 
-def interactive(chat: Chat, images: list[Path], stdin: TextIO = sys.stdin) -> int:
+def interactive(chat: Chat, attached: list[Attachment], stdin: TextIO = sys.stdin) -> int:
     print(f"phi4mm chat: {HELP}", file=sys.stderr)
-    pending = list(images)
+    pending = list(attached)
     while (line := _read_line(stdin)) is not None:
         command, _, rest = line.strip().partition(" ")
         if command in ("/quit", "/exit"):
@@ -100,8 +103,8 @@ def interactive(chat: Chat, images: list[Path], stdin: TextIO = sys.stdin) -> in
         if command == "/reset":
             chat.reset()
             pending = []
-        elif command == "/image":
-            pending += _attach(rest.strip())
+        elif command in ("/image", "/audio"):
+            pending += _attach(command[1:], rest.strip())
         elif line.strip():
             pending = _turn(chat, line.strip(), pending)
     return 0
@@ -117,21 +120,21 @@ def _read_line(stdin: TextIO) -> str | None:
     return line or None
 
 
-def _attach(path: str) -> list[Path]:
+def _attach(kind: str, path: str) -> list[Attachment]:
     if not path or not Path(path).expanduser().is_file():
-        print(f"phi4mm: /image needs an existing file, got {path!r}", file=sys.stderr)
+        print(f"phi4mm: /{kind} needs an existing file, got {path!r}", file=sys.stderr)
         return []
     print(f"phi4mm: {path} attached to your next message", file=sys.stderr)
-    return [Path(path).expanduser()]
+    return [(kind, Path(path).expanduser())]
 
 
-def _turn(chat: Chat, text: str, images: list[Path]) -> list[Path]:
-    """Ask; on a request error report it and keep the images for the next try."""
+def _turn(chat: Chat, text: str, attached: list[Attachment]) -> list[Attachment]:
+    """Ask; on a request error report it and keep the attachments for the next try."""
     try:
-        chat.ask(text, images)
+        chat.ask(text, attached)
     except InputError as exc:
         print(f"phi4mm: error: {exc}", file=sys.stderr)
-        return images
+        return attached
     return []
 
 

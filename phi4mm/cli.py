@@ -1,4 +1,4 @@
-"""`phi4mm` command line: convert | serve | run."""
+"""`phi4mm` command line: convert | serve | run | transcribe."""
 
 from __future__ import annotations
 
@@ -39,9 +39,16 @@ def _run(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    from phi4mm.transcribe_cli import transcribe_from_args
+
+    return transcribe_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from phi4mm.chat_cli import add_run_arguments
     from phi4mm.server.settings import add_serve_arguments
+    from phi4mm.transcribe_cli import add_transcribe_arguments
 
     parser = argparse.ArgumentParser(prog="phi4mm", description="Phi-4-multimodal-instruct on llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="answer one prompt (streaming), or chat interactively")
     add_run_arguments(run)
     run.set_defaults(func=_run)
+    transcribe = sub.add_parser("transcribe", help="transcribe or translate an audio file of any length")
+    add_transcribe_arguments(transcribe)
+    transcribe.set_defaults(func=_transcribe)
     return parser
 
 

@@ -1,16 +1,19 @@
-"""`phi4mm run` / `phi4mm serve` as a user runs them: subprocesses on the tiny converted model,
+"""`phi4mm run` / `phi4mm serve` / `phi4mm transcribe` as a user runs them: subprocesses on the tiny converted model,
 and the clean exit-2 message when a model cannot be found offline."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
 
@@ -53,6 +56,51 @@ def test_run_interactive_reset_and_quit(tiny_q4: Path):
     assert done.stdout.endswith("\n") and done.stdout[:half] == done.stdout[half:]
 
 
+def write_wav(path: Path, seconds: float, silences=(), rate: int = 16_000) -> Path:
+    samples = np.random.default_rng(0).normal(0, 0.2, int(seconds * rate))
+    for start, end in silences:
+        samples[int(start * rate):int(end * rate)] = 0.0
+    soundfile.write(path, samples, rate, subtype="PCM_16")
+    return path
+
+
+def test_run_with_audio_and_an_image(tiny_q4: Path, tmp_path: Path):
+    picture = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(picture)
+    clip = write_wav(tmp_path / "a.wav", 2.0)
+    for media in (["--audio", str(clip)], ["--audio", str(clip), "--image", str(picture), "--audio", str(clip)]):
+        done = phi4mm("run", "--model", str(tiny_q4), *media, "What do you hear?", "--max-tokens", "5",
+                      "--threads", "2", "--temperature", "0")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip()
+
+
+def test_transcribe_srt_with_a_progress_line_per_window(tiny_q4: Path, tmp_path: Path):
+    """40 s with a silence at 27-28 s: two windows, cut inside the silence."""
+    clip = write_wav(tmp_path / "talk.wav", 40.0, [(27.0, 28.0)])
+    done = phi4mm("transcribe", str(clip), "--model", str(tiny_q4), "--format", "srt", "--threads", "2",
+                  "--max-tokens-per-window", "4")
+    assert done.returncode == 0, done.stderr
+    stamps = re.findall(r"^(\d+)\n00:00:(\d\d),(\d{3}) --> 00:00:(\d\d),(\d{3})$", done.stdout, re.M)
+    assert [s[0] for s in stamps] == ["1", "2"] and done.stdout.startswith("1\n00:00:00,000 --> ")
+    ends = [int(s[3]) + int(s[4]) / 1000 for s in stamps]
+    assert 27.0 <= ends[0] <= 28.0 and ends[1] == 40.0
+    progress = [line for line in done.stderr.splitlines() if " window " in line]
+    assert [line.split()[2] for line in progress] == ["1/2", "2/2"]
+
+
+def test_transcribe_verbose_json_and_a_refused_language(tiny_q4: Path, tmp_path: Path):
+    clip = write_wav(tmp_path / "short.wav", 2.0)
+    done = phi4mm("transcribe", str(clip), "--model", str(tiny_q4), "--format", "verbose_json", "--threads",
+                  "2", "--max-tokens-per-window", "3", "--translate-to", "de")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert (body["task"], body["language"], body["duration"]) == ("translate", "german", 2.0)
+    assert [(s["start"], s["end"]) for s in body["segments"]] == [(0.0, 2.0)]
+    done = phi4mm("transcribe", str(clip), "--model", str(tiny_q4), "--language", "xx")
+    assert done.returncode == 2 and "language is 'xx'" in done.stderr and "Traceback" not in done.stderr
+
+
 class FakeModel:
     def __init__(self):
         self.seen: list[list] = []
@@ -62,17 +110,20 @@ class FakeModel:
         return iter([{"choices": [{"delta": {"content": f"answer{len(self.seen)}"}}]}])
 
 
-def test_chat_keeps_history_with_images(tmp_path: Path):
+def test_chat_keeps_history_with_images_and_audio(tmp_path: Path):
     from phi4mm.chat_cli import Chat, build_run_args, interactive
 
-    picture = tmp_path / "p.png"
+    picture, clip = tmp_path / "p.png", tmp_path / "c.wav"
     picture.write_bytes(b"not read by the fake")
+    clip.write_bytes(b"not read either")
     model, out = FakeModel(), io.StringIO()
     chat = Chat(model, build_run_args(["--system", "be brief"]), out=out)
-    assert interactive(chat, [], stdin=io.StringIO(f"/image {picture}\nfirst\nsecond\n")) == 0
+    script = f"/image {picture}\n/audio {clip}\nfirst\nsecond\n"
+    assert interactive(chat, [], stdin=io.StringIO(script)) == 0
     first, second = model.seen
     assert first[0] == {"role": "system", "content": "be brief"}
-    assert first[1]["content"][0] == {"type": "image", "image": picture}  # attached once
+    assert first[1]["content"][:2] == [{"type": "image", "image": picture},
+                                       {"type": "audio", "audio": clip}]  # attached once
     assert second[:3] == first[:2] + [{"role": "assistant", "content": "answer1"}]
     assert second[3]["content"] == [{"type": "text", "text": "second"}]
     assert out.getvalue() == "answer1\nanswer2\n"
