@@ -39,8 +39,10 @@ class GGUFContents:
         return self.tensors[name]
 
 
-def read_gguf(path: str | Path, arch: str | None = None) -> GGUFContents:
-    """Load `path` fully into memory; with `arch`, require `general.architecture == arch`."""
+def read_gguf(path: str | Path, arch: str | None = None, keep_f16: bool = False) -> GGUFContents:
+    """Load `path` fully into memory; with `arch`, require `general.architecture == arch`.
+    `keep_f16=True` keeps F16 tensors as float16 (half the memory; the audio encoder upcasts them
+    per block); every other type is still upcast to float32."""
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"GGUF file {path} does not exist")
@@ -50,21 +52,22 @@ def read_gguf(path: str | Path, arch: str | None = None) -> GGUFContents:
         raise ConfigError(f"{path} is not a readable GGUF file: {exc}", key=str(path)) from exc
     metadata = {name: field.contents() for name, field in reader.fields.items()
                 if not name.startswith("GGUF.")}
-    contents = GGUFContents(path, metadata, {t.name: _to_float32(t) for t in reader.tensors})
+    contents = GGUFContents(path, metadata, {t.name: _to_float32(t, keep_f16) for t in reader.tensors})
     if arch is not None and contents.value(ARCH_KEY) != arch:
         raise ConfigError(f"{path} holds architecture {contents.value(ARCH_KEY)!r}, expected {arch!r}",
                           key=ARCH_KEY)
     return contents
 
 
-def _to_float32(tensor: gguf.ReaderTensor) -> np.ndarray:
-    """Copy one tensor out of the memory map as float32 with its numpy shape (ggml ne reversed)."""
+def _to_float32(tensor: gguf.ReaderTensor, keep_f16: bool = False) -> np.ndarray:
+    """Copy one tensor out of the memory map as float32 (or float16 if it is F16 and `keep_f16`)
+    with its numpy shape (ggml ne reversed)."""
     shape = tuple(int(n) for n in reversed(tensor.shape))
     kind = tensor.tensor_type
     if kind == gguf.GGMLQuantizationType.F32:
         data = np.array(tensor.data, dtype=np.float32)
     elif kind == gguf.GGMLQuantizationType.F16:
-        data = tensor.data.astype(np.float32)
+        data = tensor.data.astype(np.float16 if keep_f16 else np.float32)
     else:
         data = gguf.quants.dequantize(tensor.data, kind)
     return data.reshape(shape)
