@@ -45,7 +45,7 @@ def run_ours(gguf_path: str, mel: np.ndarray, repeats: int) -> dict:
     del gguf
     encoder.encode_features(mel[:98], weights)  # warm-up
     times, hidden = _timed(lambda: encoder.encode_features(mel, weights), repeats)
-    return {"times": times, "hidden": hidden, "rss_gb": _peak_rss_gb(), "weights_gb": weights.nbytes / 2**30}
+    return {"times": times, "hidden": hidden, "rss_gb": _peak_rss_gb(), "weights_mb": weights.nbytes / 2**20}
 
 
 def run_torch(checkpoint: str, dims: dict, mel: np.ndarray, repeats: int, threads: int) -> dict:
@@ -155,7 +155,7 @@ def main() -> None:
         median = statistics.median(res["times"])
         runs = " ".join(f"{t:.2f}" for t in res["times"])
         print(f"{name:<34}{median:>16.3f}{runs:>24}{median / torch_s:>8.2f}{res['rss_gb']:>8.2f}GB")
-    print(f"phi4mm audio weights in memory: {ours['weights_gb']:.3f} GB")
+    print(f"phi4mm audio weights in memory: {ours['weights_mb']:.1f} MiB")
     print(f"max |ours - torch| / max |torch| over the Conformer output: {diff:.2e}")
 
 
