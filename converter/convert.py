@@ -1,8 +1,10 @@
-"""`phi4mm convert`: a hub-layout checkpoint -> text decoder, two LoRA adapters, vision and audio
-encoder GGUF files plus a manifest, written atomically (manifest last) with progress."""
+"""`phi4mm convert`: a checkpoint in either hub layout -> text decoder, two LoRA adapters, vision and
+audio encoder GGUF files plus a manifest, written atomically (manifest last) with progress. Free
+space is checked before writing; an interrupted conversion is resumed or redone (`journal`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import Counter
@@ -13,16 +15,25 @@ from phi4mm.converter import names
 from phi4mm.converter.audio import audio_plan
 from phi4mm.converter.checkpoint import Checkpoint
 from phi4mm.converter.hubconfig import HubConfig, parse_hub_config
+from phi4mm.converter.journal import SOURCE_SUFFIX, Journal, job_of
 from phi4mm.converter.lora import lora_plan
-from phi4mm.converter.plan import FilePlan
+from phi4mm.converter.plan import QUANT_SIZE_RATIO, FilePlan
 from phi4mm.converter.source import Source, resolve_source
 from phi4mm.converter.text import text_plan
 from phi4mm.converter.tokenizer import read_vocabulary
 from phi4mm.converter.vision import vision_plan
-from phi4mm.converter.write import copy_atomic, partial_path, write_json_atomic, write_plan
+from phi4mm.converter.write import (
+    DiskSpaceError,
+    copy_atomic,
+    ensure_free_space,
+    partial_path,
+    write_json_atomic,
+    write_plan,
+)
 from phi4mm.errors import ConversionError, InputError
 
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
+DIRECT = ("f32", "f16", "bf16")  # written as is; the others go through llama.cpp's quantizer
 ENCODER_TYPES = ("f16", "f32")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -33,7 +44,7 @@ def build_plans(hub: HubConfig, vocab, quant: str, encoder_type: str) -> dict[st
     """One plan per output file; a quantized text decoder is first written exactly (bf16) for
     llama.cpp's quantizer. Its token embedding goes in as f32: the quantizer would otherwise expand
     it to a 2.5 GB f32 buffer next to the mapped bf16 copy, pushing peak memory past 4 GB."""
-    direct = quant in ("f32", "f16", "bf16")
+    direct = quant in DIRECT
     lora_type = quant if direct else "q8_0"
     return {
         "text": text_plan(hub, vocab, quant if direct else "bf16", f"phi4mm-text-{quant}.gguf",
@@ -97,32 +108,71 @@ def convert(src: str | Path | Source, out_dir: Path, quant: str = "q4_k_m", enco
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the end
-    files = {}
-    for role, plan in plans.items():
-        path = out_dir / plan.filename
-        if role == "text" and quant not in ("f32", "f16", "bf16"):
-            files[role] = _write_quantized(plan, path, ckpt, quant, n_threads, progress)
-        else:
-            files[role] = {"name": plan.filename, "bytes": write_plan(plan, path, ckpt, progress, role)}
-    files["tokenizer"] = copy_atomic(source.root / "tokenizer.json", out_dir / "tokenizer.json")
+    journal = Journal.open(out_dir, job_of(ckpt.files, quant, encoder_type))
+    ensure_free_space(out_dir, needed_bytes(plans, quant, journal.done, source.root / "tokenizer.json"))
+    try:
+        files = _write_files(plans, out_dir, ckpt, quant, n_threads, progress, journal)
+        files["tokenizer"] = copy_atomic(source.root / "tokenizer.json", out_dir / "tokenizer.json")
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise DiskSpaceError(f"the disk holding {out_dir} filled up during conversion ({exc}); free space and "
+                             "run again: finished files are kept", 0, 0) from exc
     manifest = {
-        "format": MANIFEST_FORMAT, "source": source.name, "revision": source.revision,
+        "format": MANIFEST_FORMAT, "source": source.name, "revision": source.revision, "layout": ckpt.layout.name,
         "quant": quant, "encoder_type": encoder_type, "files": files,
-        "skipped_tensors": len(skipped), "seconds": round(time.monotonic() - started, 1),
+        "pre_tokenizer": {"name": vocab.pre.name, "detected_by": vocab.pre.how},
+        "skipped_tensors": len(skipped), "resumed": sorted(journal.resumed),
+        "seconds": round(time.monotonic() - started, 1),
     }
     write_json_atomic(out_dir / MANIFEST, manifest)
+    journal.finish()
     return manifest
 
 
+def needed_bytes(plans: dict[str, FilePlan], quant: str, done: dict[str, dict], tokenizer: Path) -> int:
+    """Bytes the files still to write take at the peak (the exact decoder and its quantized copy coexist)."""
+    total = tokenizer.stat().st_size
+    for role, plan in plans.items():
+        if role in done:
+            continue
+        if role == "text" and quant not in DIRECT:
+            total += int(plan.nbytes * QUANT_SIZE_RATIO[quant])
+            if "text_source" not in done:
+                total += plan.nbytes
+        else:
+            total += plan.nbytes
+    return total
+
+
+def _write_files(plans: dict[str, FilePlan], out_dir: Path, ckpt: Checkpoint, quant: str, n_threads: int,
+                 progress: Progress | None, journal: Journal) -> dict:
+    files = {}
+    for role, plan in plans.items():
+        path = out_dir / plan.filename
+        if role in journal.done:
+            files[role] = journal.done[role]
+            continue
+        if role == "text" and quant not in DIRECT:
+            files[role] = _write_quantized(plan, path, ckpt, quant, n_threads, progress, journal)
+        else:
+            files[role] = {"name": plan.filename, "bytes": write_plan(plan, path, ckpt, progress, role)}
+        journal.record(role, files[role])
+    return files
+
+
 def _write_quantized(plan: FilePlan, path: Path, ckpt: Checkpoint, quant: str, n_threads: int,
-                     progress: Progress | None) -> dict:
+                     progress: Progress | None, journal: Journal) -> dict:
+    """The exact bf16 decoder (kept across an interruption, so a rerun only quantizes), then llama.cpp's
+    quantizer; the exact file is removed once the quantized one is complete."""
     from phi4mm.converter.quantize import quantize_file
 
-    exact = path.with_name(path.stem + ".bf16-source.gguf")
-    try:
-        write_plan(plan, exact, ckpt, progress, "text (bf16)")
-        quantize_file(exact, path, quant, n_threads, progress)
-    finally:
-        exact.unlink(missing_ok=True)
-        partial_path(exact).unlink(missing_ok=True)
+    exact = path.with_name(path.stem + SOURCE_SUFFIX)
+    if "text_source" not in journal.done:
+        size = write_plan(plan, exact, ckpt, progress, "text (bf16)")
+        journal.record("text_source", {"name": exact.name, "bytes": size})
+    quantize_file(exact, path, quant, n_threads, progress)
+    exact.unlink()
+    partial_path(exact).unlink(missing_ok=True)
+    journal.forget("text_source")
     return {"name": path.name, "bytes": os.path.getsize(path)}

@@ -1,7 +1,8 @@
 """The hub `config.json` (+ `preprocessor_config.json`) parsed once into frozen dataclasses.
 
 model-spec.md §1: the hub config has no vision sub-config; the remote code hard-codes SigLIP
-so400m/14 at 448. A non-hub `vision_config` key (transformers' field names) overrides it.
+so400m/14 at 448. A non-hub `vision_config` key (transformers' field names) overrides it. A
+transformers-native config arrives here already in these field names (`layouts.canonical_config`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from phi4mm.errors import ConfigError
 
 SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
           "num_attention_heads": 16, "image_size": 448, "patch_size": 14, "layer_norm_eps": 1e-6,
-          "hidden_act": "gelu_pytorch_tanh"}
+          "hidden_act": "gelu_pytorch_tanh", "feature_layer": -2}
 
 
 def _get(cfg: dict, key: str, kind: type | tuple[type, ...] = (int, float, str, list, dict, bool)) -> Any:
@@ -108,6 +109,7 @@ class HubConfig:
     loras: tuple[LoraConfig, ...]
     bos_token_id: int
     eos_token_ids: tuple[int, ...]
+    tie_word_embeddings: bool = True
 
 
 def parse_hub_config(cfg: dict, preprocessor: dict) -> HubConfig:
@@ -119,7 +121,17 @@ def parse_hub_config(cfg: dict, preprocessor: dict) -> HubConfig:
         loras=tuple(_lora(cfg, name) for name in ("vision", "speech")),
         bos_token_id=_get(cfg, "bos_token_id", int),
         eos_token_ids=(200020, 199999),
+        tie_word_embeddings=_tied(cfg),
     )
+
+
+def _tied(cfg: dict) -> bool:
+    """The phi3 GGUF reads its output head from token_embd: an untied lm_head cannot be converted."""
+    tied = cfg.get("tie_word_embeddings", True)
+    if tied is not True:
+        raise ConfigError(f"config.json tie_word_embeddings is {tied!r}, expected true (Phi-4-multimodal "
+                          "ties lm_head to the token embedding)", key="tie_word_embeddings")
+    return tied
 
 
 def _text(cfg: dict) -> TextConfig:
@@ -158,16 +170,26 @@ def _vision(cfg: dict, preprocessor: dict) -> VisionConfig:
         image_size=int(v["image_size"]), patch_size=int(v["patch_size"]),
         layer_norm_eps=float(v["layer_norm_eps"]), hidden_act=str(v["hidden_act"]),
         crop_size=int(image_layer.get("crop_size", 448)),
-        dynamic_hd=int(preprocessor.get("dynamic_hd", 36)),
+        dynamic_hd=int(_dynamic_hd(preprocessor)),
     )
     if vision.image_size != 448 or vision.patch_size != 14 or vision.crop_size != 448:
         raise ConfigError(f"vision image/patch/crop size {vision.image_size}/{vision.patch_size}/{vision.crop_size}, "
                           "expected 448/14/448 (the dynamic-HD token formula assumes 32 patches a side)",
                           key="vision_config.image_size")
+    if int(v["feature_layer"]) != -2:
+        raise ConfigError(f"vision feature_layer is {v['feature_layer']}, expected -2 (model-spec.md §6.1)",
+                          key="vision_config.feature_layer")
     if vision.n_layers_stored < 2:
         raise ConfigError(f"vision num_hidden_layers is {vision.n_layers_stored}, expected >= 2 "
                           "(features come from hidden_states[-2])", key="vision_config.num_hidden_layers")
     return vision
+
+
+def _dynamic_hd(preprocessor: dict) -> int:
+    """36 unless the processor config says otherwise, at its top level or under `image_processor`
+    (transformers 5 nests the processors in one file)."""
+    nested = preprocessor.get("image_processor")
+    return preprocessor.get("dynamic_hd") or (nested.get("dynamic_hd") if isinstance(nested, dict) else None) or 36
 
 
 def _audio(cfg: dict) -> AudioConfig:

@@ -87,6 +87,7 @@ AUDIO_LAYER = (
 SKIPPED_PREFIXES = (
     (_V + "post_layernorm.", "SigLIP post-layernorm: features are hidden_states[-2], taken before it"),
     (_V + "head.", "SigLIP pooling head: Phi-4-MM uses patch features, not the pooled vector"),
+    ("lm_head.", "tied to model.embed_tokens.weight (tie_word_embeddings is checked), stored by some exports"),
 )
 SKIPPED_VISION_LAYER_REASON = "SigLIP layer after the feature layer (-2): its output is never used"
 

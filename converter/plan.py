@@ -12,6 +12,8 @@ import numpy as np
 
 OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
 BYTES_PER_VALUE = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+# Rough output/input size of llama.cpp quantizing a bf16 file: progress and disk-space estimates only.
+QUANT_SIZE_RATIO = {"q8_0": 0.53, "q6_k": 0.42, "q5_k_m": 0.36, "q4_k_m": 0.32, "f16": 1.0, "bf16": 1.0, "f32": 2.0}
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from phi4mm import llama
+from phi4mm.converter.plan import QUANT_SIZE_RATIO as _RATIO
 from phi4mm.converter.write import partial_path
-
-# Rough output/input size ratios (bf16 input), only for the progress estimate.
-_RATIO = {"q8_0": 0.53, "q6_k": 0.42, "q5_k_m": 0.36, "q4_k_m": 0.32, "f16": 1.0, "bf16": 1.0, "f32": 2.0}
 
 
 def quantize_file(src: Path, dst: Path, quant: str, n_threads: int,

@@ -64,7 +64,7 @@ def _metadata(hub: HubConfig, vocab: Vocabulary, out_type: str) -> dict:
         "phi3.rope.freq_base": float(t.rope_theta),
         "phi3.rope.scaling.attn_factor": float(t.attn_factor),
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": vocab.pre,
+        "tokenizer.ggml.pre": vocab.pre.name,
         "tokenizer.ggml.tokens": vocab.tokens,
         "tokenizer.ggml.token_type": vocab.token_types,
         "tokenizer.ggml.merges": vocab.merges,

@@ -7,24 +7,17 @@ tokens are typed control, so llama.cpp parses them in prompts and stops on `<|en
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from phi4mm.converter.pretokenizer import O200K_REGEX, Detection, detect
 from phi4mm.errors import ConversionError
 
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+__all__ = ["O200K_REGEX", "Vocabulary", "read_vocabulary"]
+log = logging.getLogger(__name__)
 
-# Pre-tokenizer regexes llama.cpp knows, by the name its `tokenizer.ggml.pre` key takes.
-O200K_REGEX = "|".join([
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""\p{N}{1,3}""",
-    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-    r"""\s*[\r\n]+""",
-    r"""\s+(?!\S)""",
-    r"""\s+""",
-])
-KNOWN_PRE_TOKENIZERS = {O200K_REGEX: "gpt-4o"}
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -32,7 +25,7 @@ class Vocabulary:
     tokens: list[str]
     token_types: list[int]
     merges: list[str]
-    pre: str
+    pre: Detection
     chat_template: str | None
 
 
@@ -62,15 +55,15 @@ def read_vocabulary(root: Path, vocab_size: int) -> Vocabulary:
     return Vocabulary(tokens, types, merges, _pre_tokenizer(doc), _chat_template(root))
 
 
-def _pre_tokenizer(doc: dict) -> str:
-    pre = doc.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre])
-    regexes = [s["pattern"]["Regex"] for s in steps if s.get("type") == "Split" and "Regex" in s.get("pattern", {})]
-    for regex in regexes:
-        if regex in KNOWN_PRE_TOKENIZERS:
-            return KNOWN_PRE_TOKENIZERS[regex]
-    raise ConversionError(f"tokenizer.json pre-tokenizer split regex {regexes!r} is not one llama.cpp knows; "
-                          "expected the o200k (gpt-4o) pattern")
+def _pre_tokenizer(doc: dict) -> Detection:
+    found = detect(doc.get("pre_tokenizer"))
+    if not found.matched:
+        log.warning(
+            "tokenizer.json's pre-tokenizer is not one llama.cpp knows (%s); writing tokenizer.ggml.pre = %r "
+            "and converting anyway. llama.cpp tools outside this package (llama-cli, llama-server) may split "
+            "text differently from the reference; this package is unaffected, it tokenizes prompts with the "
+            "shipped tokenizer.json.", found.detail, found.name)
+    return found
 
 
 def _chat_template(root: Path) -> str | None:

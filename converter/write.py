@@ -22,8 +22,28 @@ from phi4mm.converter.plan import FilePlan, TensorSpec
 from phi4mm.errors import ConversionError
 
 Progress = Callable[[str, int, int], None]
+DISK_MARGIN_BYTES = 64 << 20  # headers, vocabulary strings, the journal: small next to the tensors
 GGML_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
               "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
+
+
+class DiskSpaceError(ConversionError):
+    """The output directory's file system lacks the space a conversion needs."""
+
+    def __init__(self, message: str, needed_bytes: int, free_bytes: int):
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+
+
+def ensure_free_space(out_dir: Path, needed_bytes: int) -> None:
+    """Raise DiskSpaceError before writing anything when out_dir's file system has too little room."""
+    needed = needed_bytes + DISK_MARGIN_BYTES
+    free = shutil.disk_usage(out_dir).free
+    if free < needed:
+        raise DiskSpaceError(f"converting needs about {needed / 1e9:.2f} GB free in {out_dir}, but only "
+                             f"{free / 1e9:.2f} GB are free; free some space or choose another output "
+                             "directory (for the conversion cache: PHI4MM_CACHE)", needed, free)
 
 
 def partial_path(path: Path) -> Path:

@@ -1,5 +1,6 @@
-"""Find a model: a converted directory as is; a hub-layout directory or a hub repo id converted
-once into the cache directory and reused (the in-situ quantization users know from other engines)."""
+"""Find a model: a converted directory as is; a checkpoint directory (either hub layout) or a hub
+repo id converted once into the cache directory and reused (the in-situ quantization users know from
+other engines). A repo id is looked up in huggingface_hub's cache before anything is downloaded."""
 
 from __future__ import annotations
 
@@ -46,19 +47,20 @@ def locate(model: str | Path, quant: str | None = None, encoder_type: str = "f16
 
 def _from_hub(repo_id: str, quant: str, encoder_type: str, root: Path, progress: Progress | None,
               n_threads: int) -> ModelFiles:
-    from phi4mm.converter.source import looks_like_repo_id, resolve_source
+    """Cache first: a complete snapshot in huggingface_hub's cache, else an earlier conversion, else a
+    download. No network is used while either cache can answer."""
+    from phi4mm.converter.source import cached_source, download, looks_like_repo_id
 
     if not looks_like_repo_id(repo_id):
         raise ModelNotFoundError(f"{repo_id!r} is not a directory, and not a hub repo id like {DEFAULT_MODEL!r}")
     repo_dir = root / "hub" / repo_id.replace("/", "--")
-    converted = sorted((p.parent for p in repo_dir.glob(f"*/{quant}-{encoder_type}/manifest.json")),
-                       key=lambda p: p.stat().st_mtime)
-    try:
-        source = resolve_source(repo_id)
-    except ModelNotFoundError:
-        if converted:  # offline, but converted before: use the newest conversion
+    source = cached_source(repo_id)
+    if source is None:
+        converted = sorted((p.parent for p in repo_dir.glob(f"*/{quant}-{encoder_type}/manifest.json")),
+                           key=lambda p: p.stat().st_mtime)
+        if converted:  # converted before, and the hub cache no longer holds it: use the newest conversion
             return ModelFiles.from_dir(converted[-1])
-        raise
+        source = download(repo_id)
     target = repo_dir / (source.revision or "unknown") / f"{quant}-{encoder_type}"
     return _convert_once(source, target, quant, encoder_type, progress, n_threads)
 
@@ -76,7 +78,7 @@ def _fingerprint(root: Path) -> str:
     """Identifies a local checkpoint's content cheaply: config bytes, weight file sizes and times."""
     h = hashlib.sha256(str(root).encode())
     h.update((root / "config.json").read_bytes())
-    for f in sorted(root.glob("*.safetensors")):
+    for f in sorted(root.glob("*.safetensors")) + sorted(root.glob("*/adapter_model.safetensors")):
         st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
     return f"{root.name}-{h.hexdigest()[:16]}"

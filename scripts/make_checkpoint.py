@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Write a random Phi-4-multimodal-instruct checkpoint in the original hub layout (numpy only).
+"""Write a random Phi-4-multimodal-instruct checkpoint in either hub layout (numpy only).
 
   python scripts/make_checkpoint.py OUT_DIR --size tiny            # tests: seconds, ~100 MB
   python scripts/make_checkpoint.py OUT_DIR --size full --shards 4 # benchmarks: real shapes, 11 GB
+  python scripts/make_checkpoint.py OUT_DIR --layout native        # transformers-native layout
 
 Tensor names and shapes follow model-spec.md §2.1 (`...base_layer.weight`, `lora_A.vision`,
 `embed_tokens_extend.image_embed...`); values are seeded random bf16. The tiny size has non-trivial
 LongRoPE factors and non-zero LoRA B so that a port that ignores them fails its parity tests.
-A smaller vision tower is described by the non-hub `vision_config` key.
+A smaller vision tower is described by the non-hub `vision_config` key. `--layout native` writes
+the same values under the transformers-native names (model-spec.md §2.2): base weights renamed,
+the LoRAs as PEFT folders `vision-lora/` and `speech-lora/`, the config as transformers writes it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from phi4mm.converter import layouts
 from phi4mm.converter.checkpoint import f32_to_bf16_bits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ckpt_native
 from ckpt_safetensors import plan_shards, write_safetensors
 from ckpt_tokenizer import SPECIAL_TOKENS, o200k_bpe, synthetic_bpe, write_tokenizer_files
+
+LAYOUTS = ("original", "native")
 
 VOCAB = 200064
 IMAGE_PREFIX = "model.embed_tokens_extend.image_embed."
@@ -299,13 +306,18 @@ def pooled_chunks(name: str, shape: tuple[int, ...], pool: np.ndarray, start: in
 
 
 def write_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0, shards: int = 1,
-                     tokenizer: str = "synthetic", verbose: bool = False) -> Path:
-    """Write config, tokenizer files and safetensors of a random checkpoint into out_dir."""
+                     tokenizer: str = "synthetic", verbose: bool = False, layout: str = "original") -> Path:
+    """Write config, tokenizer files and safetensors of a random checkpoint into out_dir; the same
+    seed gives the same values in either layout."""
     d = SIZES[size]
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    (out_dir / "config.json").write_text(json.dumps(hub_config(d, size, rng), indent=2))
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
+    config = hub_config(d, size, rng)
+    native = layout == "native"
+    (out_dir / "config.json").write_text(json.dumps(ckpt_native.native_config(config) if native else config,
+                                                    indent=2))
+    preprocessor = ckpt_native.PREPROCESSOR_CONFIG if native else PREPROCESSOR_CONFIG
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     (out_dir / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 199999, "eos_token_id": [200020, 199999], "pad_token_id": 199999}, indent=2))
     vocab, merges = o200k_bpe() if tokenizer == "o200k" else synthetic_bpe()
@@ -319,10 +331,38 @@ def write_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0, shards: i
         if size == "full":
             start = int(rng.integers(pool.size))
             return lambda: pooled_chunks(name, shape, pool, start)
-        tensor_rng = np.random.default_rng([seed, _stable_hash(name)])
+        tensor_rng = np.random.default_rng([seed, _stable_hash(name)])  # keyed by the original name
         scale = embed_scale if name == "model.embed_tokens.weight" else None
         return lambda: random_chunks(name, shape, tensor_rng, scale)
 
+    stored, adapters = _stored_names(shapes, native)
+    _write_shards(out_dir, {k: shapes[n] for k, n in stored.items()}, {k: source(n) for k, n in stored.items()},
+                  shards, verbose)
+    for adapter, keys in adapters.items():
+        folder = out_dir / f"{adapter}-lora"
+        folder.mkdir(exist_ok=True)
+        (folder / layouts.ADAPTER_CONFIG).write_text(json.dumps(ckpt_native.adapter_config(config, adapter), indent=2))
+        write_safetensors(folder / layouts.ADAPTER_WEIGHTS, {k: shapes[n] for k, n in keys.items()},
+                          {k: source(n) for k, n in keys.items()})
+    return out_dir
+
+
+def _stored_names(shapes: dict, native: bool) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """(stored name -> original name) of the base weights, and per LoRA adapter of its PEFT file."""
+    if not native:
+        return {n: n for n in shapes}, {}
+    base: dict[str, str] = {}
+    adapters: dict[str, dict[str, str]] = {"vision": {}, "speech": {}}
+    for name in shapes:
+        peft = layouts.to_peft(name)
+        if peft is None:
+            base[layouts.to_native(name)] = name
+        else:
+            adapters[peft[0]][peft[1]] = name
+    return base, adapters
+
+
+def _write_shards(out_dir: Path, shapes: dict, sources: dict, shards: int, verbose: bool) -> None:
     sizes = {n: int(np.prod(s, dtype=np.int64)) * 2 for n, s in shapes.items()}
     groups = plan_shards(sizes, shards)
     weight_map: dict[str, str] = {}
@@ -330,12 +370,11 @@ def write_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0, shards: i
         fname = "model.safetensors" if shards == 1 else f"model-{k:05d}-of-{shards:05d}.safetensors"
         if verbose:
             print(f"writing {fname} ({sum(sizes[n] for n in names) / 1e9:.2f} GB)", flush=True)
-        write_safetensors(out_dir / fname, {n: shapes[n] for n in names}, {n: source(n) for n in names})
+        write_safetensors(out_dir / fname, {n: shapes[n] for n in names}, {n: sources[n] for n in names})
         weight_map.update({n: fname for n in names})
     if shards > 1:
         index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    return out_dir
 
 
 def _stable_hash(name: str) -> int:
@@ -367,8 +406,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=1, help="number of safetensors shards (index written when > 1)")
     ap.add_argument("--tokenizer", choices=["synthetic", "o200k"], default="synthetic",
                     help="o200k needs the bpe-openai package")
+    ap.add_argument("--layout", choices=LAYOUTS, default="original",
+                    help="original remote-code layout (hub main) or transformers-native (model-spec.md §2.2)")
     args = ap.parse_args(argv)
-    write_checkpoint(args.out_dir, args.size, args.seed, args.shards, args.tokenizer, verbose=True)
+    write_checkpoint(args.out_dir, args.size, args.seed, args.shards, args.tokenizer, verbose=True,
+                     layout=args.layout)
     print(f"checkpoint written to {args.out_dir}")
 
 
