@@ -3,7 +3,6 @@ OpenAI-shaped dicts (or a generator of chunks), and `prompt_logits(...)`."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from phi4mm import llama, store
-from phi4mm.engine import Engine, EngineSettings, Prepared, Usage
+from phi4mm.engine import Engine, EngineSettings, Stream
 from phi4mm.errors import InputError
 from phi4mm.files import ModelFiles
 from phi4mm.media import MediaLimits
@@ -23,13 +22,14 @@ from phi4mm.transcription import Event, final, transcribe_events
 
 
 class Phi4MM:
-    """A loaded Phi-4-multimodal-instruct. One request runs at a time (calls are serialised)."""
+    """A loaded Phi-4-multimodal-instruct. Calls from any thread, and any number of open streams,
+    are decoded together by one engine thread (up to `n_parallel` sequences at a time, the rest
+    wait in order); a stream that is closed or dropped frees its sequence."""
 
     def __init__(self, files: ModelFiles, settings: EngineSettings | None = None, name: str | None = None):
         self.files = files
         self.name = name or files.source
         self.engine = Engine(files, settings or EngineSettings())
-        self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, model: str | Path = store.DEFAULT_MODEL, quant: str | None = None,
@@ -37,7 +37,7 @@ class Phi4MM:
                         dynamic_hd: int | None = None, media_cache_mb: int = 512,
                         media_limits: MediaLimits | None = None, flash_attn: bool = False,
                         use_mmap: bool = False, cache_dir: str | Path | None = None,
-                        encoder_type: str = "f16",
+                        encoder_type: str = "f16", n_parallel: int = 1, prefill_chunk: int = 32,
                         progress: Callable[[str, int, int], None] | None = None) -> Phi4MM:
         """Load a converted directory, or convert a hub-layout directory / hub repo id once
         (into `cache_dir`, default ~/.cache/phi4mm) and load that."""
@@ -47,7 +47,8 @@ class Phi4MM:
         settings = EngineSettings(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, flash_attn=flash_attn,
                                   use_mmap=use_mmap, dynamic_hd=dynamic_hd,
                                   media_cache_bytes=media_cache_mb << 20,
-                                  media_limits=media_limits or MediaLimits())
+                                  media_limits=media_limits or MediaLimits(), n_parallel=n_parallel,
+                                  prefill_chunk=prefill_chunk)
         return cls(files, settings, name=str(model))
 
     def create_chat_completion(self, messages: Any, max_tokens: int | None = None,
@@ -66,19 +67,15 @@ class Phi4MM:
         params = make_params(max_tokens, temperature, top_p, top_k, min_p, frequency_penalty,
                              presence_penalty, repeat_penalty, stop, seed, dynamic_hd,
                              _grammar(response_format))
-        with self._lock:
-            prepared = self.engine.prepare(messages, params.dynamic_hd, media_limits, should_stop)
-            self.engine.check_fits(prepared, 1)
-        chunks = self._generate(prepared, params, should_stop)
+        prepared = self.engine.prepare(messages, params.dynamic_hd, media_limits, should_stop)
+        chunks = self.engine.generate(prepared, params, should_stop)
         return self._stream(chunks) if stream else self._collect(chunks)
 
     def prompt_logits(self, messages: Any, dynamic_hd: int | None = None,
                       media_limits: MediaLimits | None = None) -> np.ndarray:
         """float32 (vocab,) next-token logits after the prompt (chat template + generation prompt)."""
         make_params(dynamic_hd=dynamic_hd)
-        with self._lock:
-            prepared = self.engine.prepare(messages, dynamic_hd, media_limits)
-            return self.engine.prompt_logits(prepared)
+        return self.engine.prompt_logits(self.engine.prepare(messages, dynamic_hd, media_limits))
 
     def transcribe(self, audio: Any, *, translate_to: str | None = None, language: str | None = None,
                    prompt: str | None = None, temperature: float = 0.0,
@@ -110,17 +107,15 @@ class Phi4MM:
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenizer.encode(text)
 
-    def _generate(self, prepared: Prepared, params,
-                  should_stop: Callable[[], bool] | None) -> Iterator[tuple[str, str | None, Usage]]:
-        usage = Usage()
-        with self._lock:
-            for chunk in self.engine.generate(prepared, params, usage, should_stop):
-                yield chunk.text, chunk.finish_reason, usage
-
-    def _collect(self, chunks: Iterator[tuple[str, str | None, Usage]]) -> dict:
-        parts, finish, usage = [], None, Usage()
-        for text, finish, usage in chunks:  # noqa: B007 (the last chunk's finish and usage are kept)
-            parts.append(text)
+    def _collect(self, chunks: Stream) -> dict:
+        parts, finish = [], None
+        try:
+            for chunk in chunks:
+                parts.append(chunk.text)
+                finish = chunk.finish_reason
+        finally:
+            chunks.close()
+        usage = chunks.usage
         return {
             "id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": self.name,
@@ -129,23 +124,25 @@ class Phi4MM:
             "usage": usage.as_dict(),
         }
 
-    def _stream(self, chunks: Iterator[tuple[str, str | None, Usage]]) -> Iterator[dict]:
+    def _stream(self, chunks: Stream) -> Iterator[dict]:
         head = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": self.name}
-        yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                    "logprobs": None, "finish_reason": None}]}
-        for text, finish, usage in chunks:
-            if finish is None:
-                yield {**head, "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None,
-                                            "finish_reason": None}]}
-                continue
-            delta = {"content": text} if text else {}
-            yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                   "usage": usage.as_dict()}
+        try:
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None, "finish_reason": None}]}
+            for chunk in chunks:
+                if chunk.finish_reason is None:
+                    yield {**head, "choices": [{"index": 0, "delta": {"content": chunk.text}, "logprobs": None,
+                                                "finish_reason": None}]}
+                    continue
+                delta = {"content": chunk.text} if chunk.text else {}
+                yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                            "finish_reason": chunk.finish_reason}], "usage": chunks.usage.as_dict()}
+        finally:
+            chunks.close()
 
     def close(self) -> None:
-        with self._lock:
-            self.engine.close()
+        self.engine.close()
 
     def __enter__(self) -> Phi4MM:
         return self

@@ -1,13 +1,22 @@
-"""llama.cpp contexts, their KV contents and LoRA sets: prompt items (token ids and media spans)
-are decoded into a context, reusing the KV prefix the context already holds.
+"""llama.cpp contexts as pools of sequence slots: which KV cells hold which rows, under which LoRA
+set, and which idle slot a new request should reuse.
 
-LongRoPE (model-spec.md §3.1, llamacpp-notes §1.3): the reference uses the short factors while the
-sequence holds at most `original_max_position_embeddings` (n_orig) tokens and recomputes the whole
+LongRoPE (model-spec.md §3.1, llamacpp-notes §1.3): the reference uses the short factors while a
+sequence holds at most `original_max_position_embeddings` (n_orig) rows and recomputes the whole
 sequence with the long factors once it grows past that. llama.cpp fixes the factor set per context
-(long iff the context is larger than n_orig), so there is a context of exactly n_orig for short
-sequences and a larger one for long sequences; callers re-decode everything at the crossing.
-LoRA (model-spec.md §4): the adapter set is applied per context call; KV computed under another
-adapter set is never reused.
+by its cells per sequence (long iff more than n_orig), so there is a "short" context of exactly
+n_orig cells per slot and a "long" one of n_ctx cells per slot (created on first need); a sequence
+that crosses is re-decoded in a long slot.
+
+Memory: each slot owns its cells whether used or not (f16 K and V: 128 KiB per cell for the real
+model), so `n_slots` slots cost n_slots × n_orig × 128 KiB (512 MiB each at n_orig 4096) for the
+short context, and n_slots × n_ctx × 128 KiB more once a sequence outgrows n_orig.
+
+LoRA (model-spec.md §4): the adapter set is applied per decode call, so a batch only holds
+sequences of one set; a slot remembers the set its KV was computed under and is reused only by a
+request of the same set. Idle slots keep their KV as cached prefixes (a system prompt, an image,
+the earlier turns of a chat): a new request takes the idle slot sharing its longest prefix, else
+the least recently used one.
 """
 
 from __future__ import annotations
@@ -16,92 +25,119 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phi4mm.encoders import Span
-from phi4mm.errors import InputError
-from phi4mm.llama import Adapter, Context, ContextSettings, Model, StopCheck
+from phi4mm.llama import Adapter, Context, ContextSettings, Model
 
 Item = int | Span
+KINDS = ("short", "long")
 
 
 @dataclass
 class Slot:
+    kind: str                   # "short" or "long": which context
+    seq: int                    # the sequence id inside that context
     ctx: Context
     keys: list = field(default_factory=list)  # what the KV holds: token ids and (span key, row)
+    lora: str | None = None     # the adapter set those rows were computed under
+    busy: bool = False
+    last_used: int = 0
+
+
+@dataclass
+class PrefixStats:
+    requests: int = 0       # slots handed out
+    hits: int = 0           # of which reused at least one row
+    rows_reused: int = 0
 
 
 class Contexts:
-    """The short- and long-factor contexts of one model (created on first need) and its adapters."""
+    """The short- and long-factor contexts of one model, `n_slots` slots each, and its adapters.
+    Not thread-safe: used by the engine thread only."""
 
-    def __init__(self, model: Model, settings: ContextSettings, n_orig: int, adapter_paths: dict[str, Path]):
+    def __init__(self, model: Model, settings: ContextSettings, n_orig: int, adapter_paths: dict[str, Path],
+                 n_slots: int = 1):
         self.model = model
-        self.settings = settings          # settings.n_ctx is the long context's size
+        self.settings = settings          # settings.n_ctx is the long context's size per slot
         self.n_orig = n_orig
+        self.n_slots = n_slots
         self.adapter_paths = adapter_paths
         self.adapters: dict[str, Adapter] = {}
-        self.slots: dict[str, Slot] = {}
+        self.contexts: dict[str, Context] = {}
+        self.slots: dict[str, list[Slot]] = {}
+        self.stats = PrefixStats()
+        self._tick = 0
 
     @property
     def n_ctx(self) -> int:
         return self.settings.n_ctx
 
-    def slot(self, n_rows: int) -> Slot:
-        """The short-factor context while n_rows <= n_orig, else the long one (module docstring)."""
-        kind = "short" if n_rows <= self.n_orig or self.n_ctx <= self.n_orig else "long"
-        if kind not in self.slots:
+    def kind_for(self, n_rows: int) -> str:
+        """"short" while n_rows <= n_orig (or when no long context is configured), else "long"."""
+        return "short" if n_rows <= self.n_orig or self.n_ctx <= self.n_orig else "long"
+
+    def context(self, kind: str) -> Context:
+        if kind not in self.contexts:
             size = min(self.n_ctx, self.n_orig) if kind == "short" else self.n_ctx
             s = self.settings
-            self.slots[kind] = Slot(Context(self.model, ContextSettings(size, s.n_batch, s.n_threads, s.flash_attn)))
-        return self.slots[kind]
+            ctx = Context(self.model, ContextSettings(size, s.n_batch, s.n_threads, s.flash_attn, self.n_slots))
+            self.contexts[kind] = ctx
+            self.slots[kind] = [Slot(kind, i, ctx) for i in range(self.n_slots)]
+        return self.contexts[kind]
+
+    def capacity(self, kind: str) -> int:
+        return min(self.n_ctx, self.n_orig) if kind == "short" else self.n_ctx
+
+    def free(self, kind: str) -> int:
+        self.context(kind)
+        return sum(not s.busy for s in self.slots[kind])
+
+    def acquire(self, kind: str, keys: list, lora: str | None) -> tuple[Slot, int] | None:
+        """An idle slot for a sequence whose rows are `keys`, and how many leading rows its KV
+        already holds (at most len(keys) - 1, so the last row is decoded for its logits); the rest
+        of that slot's KV is dropped. None when every slot is busy."""
+        self.context(kind)
+        idle = [s for s in self.slots[kind] if not s.busy]
+        if not idle:
+            return None
+        def shared(s: Slot) -> int:
+            return _common_prefix(s.keys, keys) if s.lora == lora else 0
+        best = max(idle, key=lambda s: (shared(s), -s.last_used))
+        reuse = min(shared(best), max(len(keys) - 1, 0))
+        if reuse == 0:
+            best = min(idle, key=lambda s: s.last_used)  # nothing shared: evict the least recently used
+        best.ctx.truncate(best.seq, reuse)
+        best.keys, best.lora, best.busy = best.keys[:reuse], lora, True
+        self.stats.requests += 1
+        self.stats.hits += int(reuse > 0)
+        self.stats.rows_reused += reuse
+        return best, reuse
+
+    def release(self, slot: Slot) -> None:
+        """The slot goes idle; its KV (slot.keys) stays as a cached prefix."""
+        self._tick += 1
+        slot.busy, slot.last_used = False, self._tick
+
+    def apply_lora(self, ctx: Context, lora: str | None) -> None:
+        ctx.set_adapters([(self._adapter(lora), 1.0)] if lora else [])
 
     def _adapter(self, name: str) -> Adapter:
         if name not in self.adapters:
             self.adapters[name] = Adapter(self.model, self.adapter_paths[name])
         return self.adapters[name]
 
-    def evaluate(self, items: list[Item], lora: str | None, should_stop: StopCheck | None = None) -> tuple[Slot, int]:
-        """Decode items (reusing the KV prefix) under adapter `lora` so the last position's logits
-        are ready. Returns the slot and how many leading rows were reused from the KV cache. If
-        decoding stops early (Cancelled, EngineError) the slot's keys name only rows known right."""
-        if not items or isinstance(items[-1], Span):
-            raise InputError("a prompt must end with a text token", param="messages")
-        keys = row_keys(items)
-        slot = self.slot(len(keys))
-        if slot.ctx.set_adapters([(self._adapter(lora), 1.0)] if lora else []):
-            slot.keys = []  # KV computed under another adapter set is never reused (notes §4.3)
-        reuse = min(_common_prefix(slot.keys, keys), len(keys) - 1)
-        slot.ctx.truncate(reuse)
-        slot.keys = keys[:reuse]
-        _decode_from(slot.ctx, items, reuse, should_stop)
-        slot.keys = keys
-        return slot, reuse
+    def cells_used(self) -> int:
+        return sum(len(s.keys) for slots in self.slots.values() for s in slots)
+
+    def busy(self) -> int:
+        return sum(s.busy for slots in self.slots.values() for s in slots)
 
     def close(self) -> None:
-        for slot in self.slots.values():
-            slot.ctx.close()
+        for ctx in self.contexts.values():
+            ctx.close()
+        self.contexts.clear()
         self.slots.clear()
         for adapter in self.adapters.values():
             adapter.close()
         self.adapters.clear()
-
-
-def _decode_from(ctx: Context, items: list[Item], start: int, should_stop: StopCheck | None) -> None:
-    """Decode the rows of `items` from row `start` on: token runs as tokens, spans as embeddings."""
-    pos, run = 0, []
-    for item in items:
-        if isinstance(item, Span):
-            if run:
-                ctx.decode_tokens(run, pos - len(run), False, should_stop)
-                run = []
-            n = item.rows.shape[0]
-            if pos + n > start:
-                skip = max(0, start - pos)
-                ctx.decode_embeddings(item.rows[skip:], pos + skip, should_stop)
-            pos += n
-            continue
-        if pos >= start:
-            run.append(item)
-        pos += 1
-    if run:
-        ctx.decode_tokens(run, pos - len(run), True, should_stop)
 
 
 def n_rows(items: list[Item]) -> int:

@@ -1,30 +1,34 @@
-"""Prompt -> media spans and token ids -> llama.cpp -> a generator of small chunks.
+"""Prompt -> media spans and token ids -> sequences decoded together by the scheduler -> chunks.
 
 The request's mode (model-spec.md §4), derived once from the prompt, picks the LoRA adapter and
-the audio projector head; media rows come from `encoders`, contexts, KV reuse and LongRoPE
-switching from `contexts`.
+the audio projector head; media rows come from `encoders`; slots, KV reuse and LongRoPE from
+`contexts`; batching from `scheduler`. Any thread may prepare and submit; a `Stream` reads one
+sequence's output and cancels it when closed or dropped.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import queue
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from phi4mm import keys, media
-from phi4mm.contexts import Contexts, Item, Slot, n_rows
+from phi4mm.contexts import Contexts, Item, n_rows
 from phi4mm.encoders import Encoders, Span
-from phi4mm.errors import ContextOverflowError, InputError
+from phi4mm.errors import ContextOverflowError, EngineError, InputError
 from phi4mm.files import ModelFiles
 from phi4mm.llama import ContextSettings, Model, Sampler, SamplerSettings, StopCheck
 from phi4mm.modes import Mode
 from phi4mm.params import GenerationParams
 from phi4mm.prompt import KINDS, MediaRef, build_prompt
-from phi4mm.streaming import StopScanner, Utf8Stream
+from phi4mm.scheduler import Scheduler
+from phi4mm.sequence import END, Chunk, Sequence
 from phi4mm.tokenizer import Tokenizer
+from phi4mm.usage import Usage
 
+__all__ = ["Chunk", "Engine", "EngineSettings", "Prepared", "Stream", "Usage"]
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -36,45 +40,8 @@ class EngineSettings:
     dynamic_hd: int | None = None          # None: the checkpoint's value (36 for the real model)
     media_cache_bytes: int = 512 << 20     # projected image and audio rows
     media_limits: media.MediaLimits = field(default_factory=media.MediaLimits)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str
-    finish_reason: str | None = None   # "stop" or "length" on the last chunk
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    image_tokens: int = 0
-    audio_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    image_seconds: float = 0.0
-    audio_seconds: float = 0.0
-    prompt_seconds: float = 0.0
-    completion_seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        decoded = self.prompt_tokens - self.cached_tokens
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "image_tokens": self.image_tokens,
-                                      "audio_tokens": self.audio_tokens},
-            "image_seconds": round(self.image_seconds, 4),
-            "audio_seconds": round(self.audio_seconds, 4),
-            "prompt_seconds": round(self.prompt_seconds, 4),
-            "completion_seconds": round(self.completion_seconds, 4),
-            "prompt_tokens_per_second": _rate(decoded, self.prompt_seconds),
-            "completion_tokens_per_second": _rate(self.completion_tokens, self.completion_seconds),
-        }
-
-
-def _rate(n: int, seconds: float) -> float | None:
-    return round(n / seconds, 2) if seconds > 0 and n > 0 else None
+    n_parallel: int = 1                    # sequences decoded together (each with its own KV cells)
+    prefill_chunk: int = 32                # prompt rows per step while other streams are decoding
 
 
 @dataclass(frozen=True)
@@ -87,18 +54,23 @@ class Prepared:
 
 
 class Engine:
-    """One loaded model serving one request at a time."""
+    """One loaded model; requests from any thread are decoded together by one engine thread."""
 
     def __init__(self, files: ModelFiles, settings: EngineSettings | None = None):
         self.files = files
         self.settings = settings = settings or EngineSettings()
+        if settings.n_parallel < 1:
+            raise InputError(f"n_parallel is {settings.n_parallel}, expected >= 1", param="n_parallel")
         self.model = Model(files.text, use_mmap=settings.use_mmap)
         self.tokenizer = Tokenizer(files.tokenizer)
         n_orig = int(self.model.meta(keys.ORIGINAL_CONTEXT_KEY) or self.model.n_ctx_train)
         self.contexts = Contexts(self.model, ContextSettings(settings.n_ctx, settings.n_batch, settings.n_threads,
                                                               settings.flash_attn), n_orig,
-                                 {"vision": files.vision_lora, "speech": files.speech_lora})
+                                 {"vision": files.vision_lora, "speech": files.speech_lora}, settings.n_parallel)
+        self.contexts.context("short")  # its KV cells are allocated now, not on the first request
         self.encoders = Encoders(files, settings.media_cache_bytes, settings.dynamic_hd)
+        self.scheduler = Scheduler(self.model, self.contexts, settings.n_batch, settings.prefill_chunk)
+        self._encoding = threading.Lock()  # encoders and their cache: one request at a time
 
     @property
     def n_ctx(self) -> int:
@@ -108,7 +80,7 @@ class Engine:
     def n_orig(self) -> int:
         return self.contexts.n_orig
 
-    # -- prompt preparation ------------------------------------------------------------------
+    # -- prompt preparation (any thread) -------------------------------------------------------
 
     def prepare(self, messages: object, dynamic_hd: int | None = None, limits: media.MediaLimits | None = None,
                 should_stop: StopCheck | None = None) -> Prepared:
@@ -116,87 +88,102 @@ class Engine:
         each media item is encoded."""
         prompt = build_prompt(messages)
         tokens = self.tokenizer.encode(prompt.text)
-        spans, seconds = self.encoders.encode_all(prompt.media, prompt.mode, dynamic_hd,
-                                         limits or self.settings.media_limits, should_stop)
+        with self._encoding:
+            spans, seconds = self.encoders.encode_all(prompt.media, prompt.mode, dynamic_hd,
+                                                      limits or self.settings.media_limits, should_stop)
         items = _splice(tokens, prompt.media, spans)
+        if not items or isinstance(items[-1], Span):
+            raise InputError("a prompt must end with a text token", param="messages")
         counts = {kind: sum(s.rows.shape[0] for r, s in zip(prompt.media, spans, strict=True) if r.kind == kind)
                   for kind in KINDS}
         return Prepared(tuple(items), n_rows(items), prompt.mode, counts, seconds)
-
-    # -- evaluation --------------------------------------------------------------------------
-
-    def evaluate(self, items: list[Item], mode: Mode, should_stop: StopCheck | None = None) -> tuple[Slot, int]:
-        return self.contexts.evaluate(items, mode.lora, should_stop)
 
     def check_fits(self, prepared: Prepared, room: int) -> None:
         if prepared.n_rows + room > self.n_ctx:
             raise ContextOverflowError(prepared.n_rows, self.n_ctx - room)
 
-    def prompt_logits(self, prepared: Prepared) -> np.ndarray:
-        self.check_fits(prepared, 0)
-        slot, _ = self.evaluate(list(prepared.items), prepared.mode)
-        return slot.ctx.last_logits()
+    # -- submission (any thread) ---------------------------------------------------------------
 
-    # -- generation --------------------------------------------------------------------------
-
-    def generate(self, prepared: Prepared, params: GenerationParams, usage: Usage,
-                 should_stop: StopCheck | None = None) -> Iterator[Chunk]:
-        """Yield text chunks; the last one carries finish_reason. `usage` is filled in as it goes.
-        `should_stop` is checked between prefill batches and between tokens (raises Cancelled)."""
-        self.check_fits(prepared, 1)
-        items = list(prepared.items)
-        started = time.perf_counter()
-        slot, reused = self.evaluate(items, prepared.mode, should_stop)
-        usage.prompt_tokens, usage.cached_tokens = prepared.n_rows, reused
-        usage.image_tokens, usage.audio_tokens = prepared.media_tokens["image"], prepared.media_tokens["audio"]
-        usage.image_seconds, usage.audio_seconds = prepared.media_seconds["image"], prepared.media_seconds["audio"]
-        usage.prompt_seconds = time.perf_counter() - started
-        sampler = Sampler(self.model, _sampler_settings(params))
+    def submit(self, prepared: Prepared, params: GenerationParams | None,
+               should_stop: StopCheck | None = None) -> Stream:
+        """Queue a generation (params) or a prompt-logits request (None); its output is read from
+        the returned Stream. Raises ContextOverflowError or a grammar EngineError before queueing."""
+        self.check_fits(prepared, 0 if params is None else 1)
+        usage = _usage(prepared)
+        sampler = None if params is None else Sampler(self.model, _sampler_settings(params))
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        seq = Sequence(list(prepared.items), prepared.mode, params, sampler, out.put, usage, should_stop)
         try:
-            yield from self._loop(slot, items, prepared, params, sampler, usage, should_stop)
-        finally:
-            sampler.close()
+            self.scheduler.submit(seq)
+        except BaseException:
+            if sampler is not None:
+                sampler.close()
+            raise
+        return Stream(seq, out, self.scheduler)
 
-    def _loop(self, slot: Slot, items: list[Item], prepared: Prepared, params: GenerationParams,
-              sampler: Sampler, usage: Usage, should_stop: StopCheck | None) -> Iterator[Chunk]:
-        utf8, stops = Utf8Stream(), StopScanner(params.stop)
-        rows, limit = prepared.n_rows, params.max_tokens or self.n_ctx
-        started = time.perf_counter()
-        finish, hit = "length", False
-        while usage.completion_tokens < limit:
-            token = sampler.sample(slot.ctx)
-            usage.completion_tokens += 1
-            if self.model.is_eog(token):
-                finish = "stop"
-                break
-            text, hit = stops.feed(utf8.feed(self.model.piece(token)))
-            usage.completion_seconds = time.perf_counter() - started
-            if hit:
-                finish = "stop"
-                if text:
-                    yield Chunk(text)
-                break
-            if text:
-                yield Chunk(text)
-            if rows + 1 > self.n_ctx or usage.completion_tokens >= limit:
-                break
-            items.append(token)
-            rows += 1
-            if rows == self.n_orig + 1 and self.n_ctx > self.n_orig:
-                slot, _ = self.evaluate(items, prepared.mode, should_stop)  # into long factors
-            else:
-                slot.ctx.decode_tokens([token], rows - 1, True, should_stop)
-                slot.keys.append(token)
-        tail = ""
-        if not hit:  # emit what was held back as a possible stop-string start
-            tail, _ = stops.feed(utf8.flush())
-            tail += stops.flush()
-        usage.completion_seconds = time.perf_counter() - started
-        yield Chunk(tail, finish)
+    def prompt_logits(self, prepared: Prepared) -> np.ndarray:
+        """float32 (n_vocab,) next-token logits after the prompt."""
+        (logits,) = list(self.submit(prepared, None))
+        return logits
+
+    def generate(self, prepared: Prepared, params: GenerationParams, should_stop: StopCheck | None = None) -> Stream:
+        return self.submit(prepared, params, should_stop)
 
     def close(self) -> None:
+        self.scheduler.close()
         self.contexts.close()
         self.model.close()
+
+
+class Stream:
+    """Iterates one sequence's output: Chunks (generation) or the logits (prompt_logits), raising
+    what the engine raised. `close()`, or dropping the last reference, cancels the sequence,
+    which frees its slot at the next step. `usage` is final once iteration ends."""
+
+    def __init__(self, seq: Sequence, out: queue.SimpleQueue, scheduler: Scheduler):
+        self.seq = seq
+        self.usage = seq.usage
+        self._out = out
+        self._scheduler = scheduler
+        self._ended = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Chunk | np.ndarray:
+        if self._ended:
+            raise StopIteration
+        while True:
+            try:
+                item = self._out.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._scheduler.alive:
+                    self._ended = True
+                    raise EngineError("the engine thread has stopped") from None
+        if item is END:
+            self._ended = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._ended = True
+            self._out.get()  # the END after it
+            raise item
+        return item
+
+    def close(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.seq.cancel()
+            self._scheduler.wake()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _usage(prepared: Prepared) -> Usage:
+    return Usage(prompt_tokens=prepared.n_rows, image_tokens=prepared.media_tokens["image"],
+                 audio_tokens=prepared.media_tokens["audio"], image_seconds=prepared.media_seconds["image"],
+                 audio_seconds=prepared.media_seconds["audio"])
 
 
 def _splice(tokens: list[int], refs: tuple[MediaRef, ...], spans: list[Span]) -> list[Item]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from phi4mm.errors import Cancelled, ConfigError, ConversionError, EngineError
+from phi4mm.errors import ConfigError, ConversionError, EngineError
 
 # llama.cpp's log lines go to the "phi4mm.llama_cpp" logger, quiet (errors only) by default.
 # (llama-cpp-python's own callback maps ggml's current level enum wrongly and prints warnings.)
@@ -148,28 +148,42 @@ class Adapter:
 StopCheck = Callable[[], bool]
 
 
-def _check(should_stop: StopCheck | None) -> None:
-    if should_stop is not None and should_stop():
-        raise Cancelled("the request was cancelled")
-
-
 @dataclass(frozen=True)
 class ContextSettings:
-    n_ctx: int
+    n_ctx: int                  # cells per sequence
     n_batch: int = 512
     n_threads: int = 0          # 0: all cores available to this process
     flash_attn: bool | None = None  # None: llama.cpp decides
+    n_seq: int = 1              # sequences, each with its own n_ctx cells (llama.cpp's KV streams)
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    token: int
+    pos: int
+    seq: int
+    logits: bool = False
+
+
+@dataclass(frozen=True)
+class EmbeddingRun:
+    rows: np.ndarray    # (n, n_embd) float32
+    pos0: int
+    seq: int
 
 
 class Context:
-    """A `llama_context *` for one sequence, with reusable token and embedding batches."""
+    """A `llama_context *` holding `n_seq` sequences, each in its own KV stream of n_ctx cells
+    (so the per-sequence size, which picks the LongRoPE factors, is exactly n_ctx), with
+    reusable token and embedding batches. One batch may hold rows of several sequences."""
 
     def __init__(self, model: Model, settings: ContextSettings):
         params = llama_cpp.llama_context_default_params()
         threads = settings.n_threads or default_threads()
-        params.n_ctx = settings.n_ctx
+        params.n_ctx = settings.n_ctx * settings.n_seq
         params.n_batch = params.n_ubatch = settings.n_batch
-        params.n_seq_max = 1
+        params.n_seq_max = settings.n_seq
+        params.kv_unified = False
         params.n_threads = params.n_threads_batch = threads
         if settings.flash_attn is not None:
             params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn
@@ -177,9 +191,12 @@ class Context:
         self.model = model
         self.ptr = llama_cpp.llama_init_from_model(model.ptr, params)
         if not self.ptr:
-            raise EngineError(f"llama.cpp could not create a context of {settings.n_ctx} tokens")
-        self.n_ctx = llama_cpp.llama_n_ctx(self.ptr)
+            raise EngineError(f"llama.cpp could not create a context of {settings.n_seq} x {settings.n_ctx} tokens")
+        self.n_seq = settings.n_seq
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self.ptr)
+        if self.n_ctx_seq != settings.n_ctx:  # the LongRoPE factor choice depends on it (notes §1.3)
+            self.close()
+            raise EngineError(f"llama.cpp made {self.n_ctx_seq} cells per sequence, asked for {settings.n_ctx}")
         self.n_batch = settings.n_batch
         self._memory = llama_cpp.llama_get_memory(self.ptr)
         self._tokens = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -187,7 +204,8 @@ class Context:
         self._adapters: tuple[tuple[int, float], ...] = ()
 
     def set_adapters(self, adapters: Sequence[tuple[Adapter, float]]) -> bool:
-        """Make exactly these adapters active; True if the set changed (the KV is then stale)."""
+        """Make exactly these adapters active for the next decodes; True if the set changed.
+        KV computed under another set stays in its cells: callers never reuse it (notes §4.3)."""
         key = tuple((ctypes.cast(a.ptr, ctypes.c_void_p).value or 0, s) for a, s in adapters)
         if key == self._adapters:
             return False
@@ -203,66 +221,62 @@ class Context:
         self._adapters = key
         return True
 
-    def truncate(self, n_keep: int) -> None:
-        """Drop KV entries from position n_keep on (0 clears the sequence)."""
-        if n_keep == 0:
-            llama_cpp.llama_memory_clear(self._memory, True)
-        elif not llama_cpp.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
-            raise EngineError(f"llama_memory_seq_rm could not drop positions from {n_keep}")
+    def truncate(self, seq: int, n_keep: int) -> None:
+        """Drop sequence `seq`'s KV entries from position n_keep on (0 empties it)."""
+        if not llama_cpp.llama_memory_seq_rm(self._memory, seq, n_keep, -1):
+            raise EngineError(f"llama_memory_seq_rm could not drop positions from {n_keep} of sequence {seq}")
 
-    def decode_tokens(self, tokens: Sequence[int], pos0: int, want_logits: bool,
-                      should_stop: StopCheck | None = None) -> None:
-        """Decode tokens at positions pos0..; logits only for the very last one when asked.
-        `should_stop` is checked before each batch (Cancelled)."""
+    def decode_tokens(self, rows: Sequence[TokenRow]) -> None:
+        """One llama_decode of at most n_batch token rows (of any sequences)."""
+        if len(rows) > self.n_batch:
+            raise EngineError(f"{len(rows)} token rows exceed the batch of {self.n_batch}")
         b = self._tokens
-        for start in range(0, len(tokens), self.n_batch):
-            _check(should_stop)
-            part = tokens[start:start + self.n_batch]
-            last_part = start + len(part) == len(tokens)
-            for i, tok in enumerate(part):
-                b.token[i] = tok
-                b.pos[i] = pos0 + start + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                b.logits[i] = 0
-            b.logits[len(part) - 1] = int(want_logits and last_part)
-            b.n_tokens = len(part)
-            self._decode(b)
+        for i, row in enumerate(rows):
+            b.token[i] = row.token
+            b.pos[i] = row.pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = row.seq
+            b.logits[i] = int(row.logits)
+        b.n_tokens = len(rows)
+        self._decode(b)
 
-    def decode_embeddings(self, rows: np.ndarray, pos0: int, should_stop: StopCheck | None = None) -> None:
-        """Decode float32 rows (n, n_embd) as input embeddings at pos0..; no logits (notes §5)."""
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        if rows.ndim != 2 or rows.shape[1] != self.model.n_embd:
-            raise EngineError(f"embedding rows have shape {rows.shape}, expected (n, {self.model.n_embd})")
-        b = self._embd
-        for start in range(0, rows.shape[0], self.n_batch):
-            _check(should_stop)
-            part = rows[start:start + self.n_batch]
-            ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
-            for i in range(part.shape[0]):
-                b.pos[i] = pos0 + start + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                b.logits[i] = 0
-            b.n_tokens = part.shape[0]
-            self._decode(b)
+    def decode_embeddings(self, runs: Sequence[EmbeddingRun]) -> None:
+        """One llama_decode of at most n_batch float32 embedding rows (of any sequences); no
+        logits (notes §5: a batch is either tokens or embeddings)."""
+        b, i = self._embd, 0
+        for run in runs:
+            rows = np.ascontiguousarray(run.rows, dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != self.model.n_embd:
+                raise EngineError(f"embedding rows have shape {rows.shape}, expected (n, {self.model.n_embd})")
+            if i + rows.shape[0] > self.n_batch:
+                raise EngineError(f"{i + rows.shape[0]} embedding rows exceed the batch of {self.n_batch}")
+            ctypes.memmove(ctypes.addressof(b.embd.contents) + i * rows.shape[1] * 4, rows.ctypes.data, rows.nbytes)
+            for j in range(rows.shape[0]):
+                b.pos[i + j] = run.pos0 + j
+                b.n_seq_id[i + j] = 1
+                b.seq_id[i + j][0] = run.seq
+                b.logits[i + j] = 0
+            i += rows.shape[0]
+        b.n_tokens = i
+        self._decode(b)
 
     def _decode(self, batch: llama_cpp.llama_batch) -> None:
         rc = llama_cpp.llama_decode(self.ptr, batch)
         if rc != 0:
             raise EngineError(f"llama_decode failed with status {rc} ({batch.n_tokens} rows)")
 
-    def last_logits(self) -> np.ndarray:
-        """float32 (n_vocab,) copy of the logits of the last position decoded with logits on."""
-        ptr = llama_cpp.llama_get_logits_ith(self.ptr, -1)
+    def logits(self, index: int) -> np.ndarray:
+        """float32 (n_vocab,) copy of the logits of row `index` of the last batch decoded."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
         if not ptr:
-            raise EngineError("no logits available: the last decode did not request them")
+            raise EngineError(f"no logits for batch row {index}: the last decode did not request them")
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
     def close(self) -> None:
         if self.ptr:
-            llama_cpp.llama_batch_free(self._tokens)
-            llama_cpp.llama_batch_free(self._embd)
+            if hasattr(self, "_tokens"):
+                llama_cpp.llama_batch_free(self._tokens)
+                llama_cpp.llama_batch_free(self._embd)
             llama_cpp.llama_free(self.ptr)
             self.ptr = None
 
@@ -311,9 +325,10 @@ class Sampler:
     def _add(self, sampler: object) -> None:
         llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
 
-    def sample(self, ctx: Context) -> int:
-        """Draw the next token from the last logits and record it (penalties, grammar)."""
-        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, -1))
+    def sample(self, ctx: Context, index: int) -> int:
+        """Draw the next token from the logits of row `index` of the last batch and record it
+        (penalties, grammar)."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index))
 
     def close(self) -> None:
         if self.ptr:

@@ -24,7 +24,6 @@ from pathlib import Path
 from llama_cpp import Llama
 
 from phi4mm import Phi4MM, modes
-from phi4mm.engine import Usage
 from phi4mm.params import make_params
 from phi4mm.prompt import build_prompt
 
@@ -59,7 +58,7 @@ def bench_ours_lora(model: Phi4MM, msgs: list[dict], n_prompt: int, n_gen: int) 
     prepared = dataclasses.replace(prepared, mode=modes.VISION)
     pp_s, _ = timed(lambda: engine.prompt_logits(prepared))
     params = make_params(max_tokens=n_gen, temperature=0)
-    tg_s, _ = timed(lambda: list(engine.generate(prepared, params, Usage())))
+    tg_s, _ = timed(lambda: list(engine.generate(prepared, params)))
     return n_prompt / pp_s, n_gen / tg_s
 
 

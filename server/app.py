@@ -30,6 +30,7 @@ def load_phi4mm(settings: ServerSettings) -> Any:
     return Phi4MM.from_pretrained(settings.model_dir or settings.model, quant=settings.quant,
                                   n_ctx=settings.n_ctx, n_threads=settings.n_threads,
                                   dynamic_hd=settings.dynamic_hd, media_limits=settings.media_limits,
+                                  n_parallel=settings.parallel, prefill_chunk=settings.prefill_chunk,
                                   progress=ProgressPrinter())
 
 

@@ -181,7 +181,7 @@ def _submit(service: Service, audio: AudioRequest) -> Job:
         return service.engine.transcribe_stream(audio.waveform, media_limits=service.settings.media_limits,
                                                 should_stop=lambda: job.cancelled, **audio.options)
 
-    job = Job(start, asyncio.get_running_loop())
+    job = Job(start, asyncio.get_running_loop(), audio.waveform.samples.nbytes)
     service.worker.submit(job)
     return job
 

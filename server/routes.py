@@ -1,4 +1,4 @@
-"""The endpoints: POST /v1/chat/completions, GET /v1/models, GET /health. Each handler only
+"""The endpoints: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics. Each handler only
 adapts; errors are raised as typed exceptions and answered in server/errors.py."""
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ async def chat_completions(request: Request) -> Response:
     service = _service(request)
     authorize(request, service.settings.api_key)
     chat = parse_chat_request(await read_json(request, service.settings.max_body_bytes))
-    chat = await service.fetch_media(chat)  # downloads and decoding never hold the engine
-    job = service.submit(chat)
+    chat, media_bytes = await service.fetch_media(chat)  # downloads and decoding never hold the engine
+    job = service.submit(chat, media_bytes)
     if chat.stream:
         return await _stream(request, service, job, chat.include_usage)
     try:
@@ -92,8 +92,14 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(_service(request).health())
 
 
+async def metrics(request: Request) -> Response:
+    body, content_type = _service(request).metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
 ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", models, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]

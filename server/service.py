@@ -1,5 +1,5 @@
-"""What the lifespan owns: the loaded engine, its one worker thread, and the settings every
-request is served with. No HTTP here."""
+"""What the lifespan owns: the loaded engine, the worker that runs requests on it, the metrics,
+and the settings every request is served with. No HTTP here."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from phi4mm import media
 from phi4mm.prompt import MediaRef, map_media_sources
+from phi4mm.server.metrics import Metrics
 from phi4mm.server.schemas import ChatRequest
 from phi4mm.server.settings import ServerSettings
 from phi4mm.server.worker import Job, Worker
@@ -28,22 +29,31 @@ class Service:
         self.settings = settings
         self.name = settings.model
         self.started = int(time.time())
-        self.worker = Worker(settings.max_queue)
+        self.metrics = Metrics(self)
+        self.worker = Worker(settings.max_queue, settings.parallel, settings.max_queued_media_mb << 20,
+                             on_start=self.metrics.queue_wait.observe)
 
-    def submit(self, chat: ChatRequest) -> Job:
+    def submit(self, chat: ChatRequest, media_bytes: int = 0) -> Job:
         """Queue `chat` (OverloadedError when the queue is full); its chunks come from the job."""
-        job = Job(lambda: self._start(chat, lambda: job.cancelled), asyncio.get_running_loop())
+        job = Job(lambda: self._start(chat, lambda: job.cancelled), asyncio.get_running_loop(), media_bytes)
         self.worker.submit(job)
         return job
 
-    async def fetch_media(self, chat: ChatRequest) -> ChatRequest:
-        """Fetch and decode the request's images and audio in a thread pool, within the limits."""
-        messages = await run_in_threadpool(map_media_sources, chat.messages, self._load)
-        return replace(chat, messages=messages)
+    async def fetch_media(self, chat: ChatRequest) -> tuple[ChatRequest, int]:
+        """Fetch and decode the request's images and audio in a thread pool, within the limits;
+        also the bytes the decoded media hold."""
+        held: list[int] = []
+        messages = await run_in_threadpool(map_media_sources, chat.messages, lambda ref: self._load(ref, held))
+        return replace(chat, messages=messages), sum(held)
 
-    def _load(self, ref: MediaRef):
-        load = media.load_image if ref.kind == "image" else media.load_audio
-        return load(ref.source, self.settings.media_limits)
+    def _load(self, ref: MediaRef, held: list[int]):
+        if ref.kind == "image":
+            picture = media.load_image(ref.source, self.settings.media_limits)
+            held.append(picture.width * picture.height * len(picture.getbands()))
+            return picture
+        clip = media.load_audio(ref.source, self.settings.media_limits)
+        held.append(clip.samples.nbytes)
+        return clip
 
     def _start(self, chat: ChatRequest, should_stop: Callable[[], bool]):
         return self.engine.create_chat_completion(
@@ -58,7 +68,8 @@ class Service:
         status = "shutting_down" if self.worker.closing else "ok"
         return {"status": status, "model": self.name, "model_loaded": True,
                 "queued": self.worker.queued, "in_flight": self.worker.in_flight,
-                "max_queue": self.worker.max_queue, "cancelled": self.worker.n_cancelled}
+                "parallel": self.worker.parallel, "max_queue": self.worker.max_queue,
+                "cancelled": self.worker.n_cancelled}
 
     def close(self) -> None:
         """Stop the worker; free the engine only once its thread has ended."""

@@ -26,7 +26,10 @@ class ServerSettings:
     n_threads: int = 0                  # 0: all cores
     api_key: str | None = None          # None: no authentication
     media_limits: MediaLimits = field(default_factory=lambda: server_media_limits(False, ()))
-    max_queue: int = 16                 # requests waiting behind the one being generated
+    max_queue: int = 16                 # requests waiting for a free sequence slot
+    parallel: int = 2                   # sequences decoded together (README, Serving several users)
+    prefill_chunk: int = 32             # prompt rows per step while other streams are decoding
+    max_queued_media_mb: int = 1024     # decoded media held by waiting requests
     max_body_bytes: int = 32 << 20
     dynamic_hd: int | None = None
     shutdown_timeout_s: float = 10.0    # in-flight requests get this long, then are cancelled
@@ -34,7 +37,8 @@ class ServerSettings:
     ui: bool = True                     # the chat page at / (--no-ui: API only)
 
     def __post_init__(self):
-        for name, least in (("max_queue", 0), ("max_body_bytes", 1), ("port", 0), ("n_ctx", 16)):
+        for name, least in (("max_queue", 0), ("max_body_bytes", 1), ("port", 0), ("n_ctx", 16), ("parallel", 1),
+                            ("prefill_chunk", 1), ("max_queued_media_mb", 0)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least}", key=name)
 
@@ -61,7 +65,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="let image URLs reach loopback, private and link-local addresses")
     add("--allowed-media-dir", action="append", default=[], metavar="DIR",
         help="directory whose files requests may name as images (repeatable; default none)")
-    add("--max-queue", type=int, default=16, help="requests waiting for the engine (default 16)")
+    add("--parallel", type=int, default=2, help="sequences decoded together, each with its own KV cells "
+        "(default 2; README: Serving several users)")
+    add("--prefill-chunk", type=int, default=32, help="prompt rows per step while other streams are "
+        "decoding (default 32): smaller keeps their tokens flowing, larger finishes prompts sooner")
+    add("--max-queue", type=int, default=16, help="requests waiting for a free slot (default 16)")
+    add("--max-queued-media-mb", type=int, default=1024,
+        help="decoded images and audio held by waiting requests, in MiB (default 1024)")
     add("--max-body-mb", type=float, default=32.0, help="largest request body in MB (default 32)")
     add("--dynamic-hd", type=int, default=None, help="most image crops (default: the model's, 36)")
     add("--no-ui", dest="ui", action="store_false", help="don't serve the chat page at /")
@@ -73,5 +83,6 @@ def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) 
         model=args.model, model_dir=model_dir, quant=args.quant, host=args.host, port=args.port,
         n_ctx=args.n_ctx, n_threads=args.threads, api_key=args.api_key or None,
         media_limits=server_media_limits(args.allow_private_urls, dirs),
-        max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_queue=args.max_queue, parallel=args.parallel, prefill_chunk=args.prefill_chunk,
+        max_queued_media_mb=args.max_queued_media_mb, max_body_bytes=int(args.max_body_mb * (1 << 20)),
         dynamic_hd=args.dynamic_hd, ui=args.ui)

@@ -1,11 +1,15 @@
-"""One engine thread fed by a bounded FIFO of jobs; each job's chunks are handed back to the event
-loop through an asyncio queue. A job cancelled while waiting leaves the queue at once; one cancelled
-while running stops before its next chunk (its generator is closed, which ends the generation)."""
+"""`parallel` runner threads fed by a bounded FIFO of jobs (bounded by count and by the bytes of
+decoded media the waiting jobs hold); each job's chunks are handed back to the event loop through
+an asyncio queue. The engine decodes the running jobs' sequences together (phi4mm.scheduler), so
+`parallel` should match its number of slots. A job cancelled while waiting leaves the queue at
+once; one cancelled while running stops before its next chunk (its stream is closed, which frees
+its sequence at the engine's next step)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -18,8 +22,10 @@ _END = object()
 class Job:
     """One request. `start()` runs on the engine thread and returns an iterator of chunk dicts."""
 
-    def __init__(self, start: Callable[[], Iterator[dict]], loop: asyncio.AbstractEventLoop):
+    def __init__(self, start: Callable[[], Iterator[dict]], loop: asyncio.AbstractEventLoop, media_bytes: int = 0):
         self._start = start
+        self.media_bytes = media_bytes      # decoded media this job holds while it waits
+        self.submitted_s = time.perf_counter()
         self._loop = loop
         self._events: asyncio.Queue = asyncio.Queue()
         self._cancelled = threading.Event()
@@ -75,21 +81,33 @@ class Job:
 
 
 class Worker:
-    """Runs jobs one at a time, in arrival order, with at most `max_queue` waiting."""
+    """Runs up to `parallel` jobs at once, in arrival order, with at most `max_queue` waiting and
+    at most `max_queued_media_bytes` of decoded media held by the waiting ones."""
 
-    def __init__(self, max_queue: int):
+    def __init__(self, max_queue: int, parallel: int = 1, max_queued_media_bytes: int = 1 << 62,
+                 on_start: Callable[[float], None] | None = None):
         self.max_queue = max_queue
+        self.parallel = parallel
+        self.max_queued_media_bytes = max_queued_media_bytes
         self.n_cancelled = 0  # jobs dropped from the queue or stopped mid-generation
+        self.n_rejected = 0   # jobs refused because the queue was full
+        self._on_start = on_start or (lambda wait_s: None)
         self._queue: deque[Job] = deque()
-        self._running: Job | None = None
+        self._running: set[Job] = set()
         self._closing = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._serve, name="phi4mm-engine", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._serve, name=f"phi4mm-runner-{i}", daemon=True)
+                         for i in range(parallel)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def queued_media_bytes(self) -> int:
+        return sum(job.media_bytes for job in self._queue)
 
     @property
     def closing(self) -> bool:
@@ -97,15 +115,23 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        return int(self._running is not None)
+        return len(self._running)
 
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._closing:
                 raise Unavailable("the server is shutting down; retry against a running server")
-            if len(self._queue) + self.in_flight > self.max_queue:
+            free = self.parallel - len(self._running)
+            if len(self._queue) >= self.max_queue + max(free, 0):
+                self.n_rejected += 1
                 raise OverloadedError(f"{len(self._queue)} requests are already waiting for the "
                                       f"engine (--max-queue {self.max_queue}); retry later")
+            if job.media_bytes and self.queued_media_bytes + job.media_bytes > self.max_queued_media_bytes \
+                    and len(self._queue) >= max(free, 0):
+                self.n_rejected += 1
+                raise OverloadedError(f"the waiting requests already hold {self.queued_media_bytes >> 20} MiB of "
+                                      f"decoded media and this one adds {job.media_bytes >> 20} MiB "
+                                      f"(--max-queued-media-mb {self.max_queued_media_bytes >> 20}); retry later")
             self._queue.append(job)
             self._cond.notify()
 
@@ -118,25 +144,27 @@ class Worker:
                 self.n_cancelled += 1
 
     def close(self, timeout_s: float) -> bool:
-        """Refuse new jobs, fail the waiting ones, cancel the running one; True once the thread
+        """Refuse new jobs, fail the waiting ones, cancel the running ones; True once every runner
         has ended (only then may the engine be freed)."""
         with self._cond:
             self._closing = True
-            waiting, running = list(self._queue), self._running
+            waiting, running = list(self._queue), list(self._running)
             self._queue.clear()
             self._cond.notify_all()
         for job in waiting:
             job.fail(Unavailable("the server shut down before this request was started"))
-        if running is not None:
-            running.cancel()
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        for job in running:
+            job.cancel()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def _serve(self) -> None:
         while (job := self._next()) is not None:
             stopped = job.run()
             with self._cond:
-                self._running = None
+                self._running.discard(job)
                 self.n_cancelled += int(stopped)
 
     def _next(self) -> Job | None:
@@ -145,5 +173,7 @@ class Worker:
                 self._cond.wait()
             if self._closing:
                 return None
-            self._running = self._queue.popleft()
-            return self._running
+            job = self._queue.popleft()
+            self._running.add(job)
+        self._on_start(time.perf_counter() - job.submitted_s)
+        return job

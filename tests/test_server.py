@@ -151,7 +151,7 @@ def open_server(tmp_path_factory, tiny_q4: Path, media_dir: Path) -> Iterator[Se
 
 @pytest.fixture(scope="session")
 def strict_server(tmp_path_factory, tiny_q4: Path) -> Iterator[Server]:
-    flags = ["--max-queue", "1", "--max-body-mb", "1", "--n-ctx", "4096"]
+    flags = ["--max-queue", "1", "--parallel", "1", "--max-body-mb", "1", "--n-ctx", "4096"]
     env = _env(PHI4MM_API_KEY="s3cret")
     server = _start(tmp_path_factory.mktemp("strict-server"), tiny_q4, flags, env, "s3cret")
     yield server
