@@ -35,12 +35,14 @@ RENAMES = ((".net.0.linear.", ".gate_up_proj."), (".net.2.", ".down_proj."),
            ("self_attn.linear_v.", "self_attn.v_proj."), ("self_attn.linear_out.", "self_attn.o_proj."))
 
 
-def run_ours(gguf_path: str, mel: np.ndarray, repeats: int) -> dict:
+def run_ours(gguf_path: str, mel: np.ndarray, repeats: int, keep_f16: bool = True) -> dict:
+    """keep_f16 False: every matrix upcast to float32 at load, as an f32 conversion
+    (`phi4mm convert --encoder-type f32`) gives: same values, twice the memory, no upcasts per clip."""
     from phi4mm import keys
     from phi4mm.audio import encoder
     from phi4mm.weights import read_gguf
 
-    gguf = read_gguf(gguf_path, keys.AUDIO_ARCH, keep_f16=True)
+    gguf = read_gguf(gguf_path, keys.AUDIO_ARCH, keep_f16=keep_f16)
     weights = encoder.load_weights(gguf.metadata, gguf.tensors)
     del gguf
     encoder.encode_features(mel[:98], weights)  # warm-up
@@ -143,6 +145,8 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     ours = _spawned(run_ours, args.gguf, mel, args.repeats, env=env)
     load.append(os.getloadavg()[0])
+    ours32 = _spawned(run_ours, args.gguf, mel, args.repeats, False, env=env)
+    load.append(os.getloadavg()[0])
     ref = _spawned(run_torch, args.checkpoint, dims, mel, args.repeats, args.threads, env=env)
     load.append(os.getloadavg()[0])
     diff = np.abs(ours["hidden"] - ref["hidden"]).max() / np.abs(ref["hidden"]).max()
@@ -151,12 +155,14 @@ def main() -> None:
           f"x {cfg.attention_dim}; {args.threads} threads; 1-min load average between engines "
           f"{' '.join(f'{v:.2f}' for v in load)} on {os.cpu_count()} cores")
     print(f"{'engine':<34}{'s/clip (median)':>16}{'runs (s)':>24}{'ratio':>8}{'peak RSS':>10}")
-    for name, res in (("torch fp32 eager, Conformer", ref), ("phi4mm encode_features (f16 w)", ours)):
+    for name, res in (("torch fp32 eager, Conformer", ref), ("phi4mm encode_features (f16 w)", ours),
+                      ("phi4mm encode_features (f32 w)", ours32)):
         median = statistics.median(res["times"])
         runs = " ".join(f"{t:.2f}" for t in res["times"])
         print(f"{name:<34}{median:>16.3f}{runs:>24}{median / torch_s:>8.2f}{res['rss_gb']:>8.2f}GB")
-    print(f"phi4mm audio weights in memory: {ours['weights_mb']:.1f} MiB")
-    print(f"max |ours - torch| / max |torch| over the Conformer output: {diff:.2e}")
+    print(f"phi4mm audio weights in memory: {ours['weights_mb']:.1f} MiB (f16), {ours32['weights_mb']:.1f} MiB (f32)")
+    print(f"max |ours - torch| / max |torch| over the Conformer output: {diff:.2e} (f16 w), "
+          f"{np.abs(ours32['hidden'] - ref['hidden']).max() / np.abs(ref['hidden']).max():.2e} (f32 w)")
 
 
 if __name__ == "__main__":

@@ -262,6 +262,8 @@ def _arrays(obj: Any) -> list[np.ndarray]:
         return [obj]
     if isinstance(obj, Mapping):
         return [a for v in obj.values() for a in _arrays(v)]
+    if isinstance(obj, tuple):
+        return [a for v in obj for a in _arrays(v)]
     if is_dataclass(obj):
         return [a for f in fields(obj) for a in _arrays(getattr(obj, f.name))]
     return []
