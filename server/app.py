@@ -65,9 +65,19 @@ def _say(message: str) -> None:
 
 
 def serve(settings: ServerSettings) -> None:
-    """Serve until interrupted; in-flight requests get shutdown_timeout_s, then are cancelled."""
+    """Serve until SIGTERM or Ctrl-C: the listening socket closes at once (new requests are
+    refused), requests in flight get shutdown_timeout_s to finish, then are cancelled. A SIGTERM
+    shutdown that completes exits with status 0."""
+    import signal
+
     import uvicorn
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
-    uvicorn.Server(config).run()
+    # uvicorn re-raises the signal it caught once it has shut down; with this handler in place the
+    # re-raised SIGTERM returns here instead of killing the process with status -15.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
