@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Continuous batching on a converted full-size checkpoint, in one process, one run:
+
+  python scripts/bench_batching.py CONVERTED_DIR [--streams 1,2,4,8] [--chunks 8,16,32] [--runs 3]
+
+1. Aggregate decode tokens/s with 1, 2, 4 and 8 concurrent text streams (greedy, distinct
+   prompts; a random checkpoint never ends a turn, so every stream decodes its whole max_tokens):
+   tokens whose arrival falls in the window where every stream is decoding, divided by its length.
+2. Inter-token latency of a text stream, p50 and p95: idle, while another client's 1000x666 image
+   (1841 rows) is encoded, and while its prompt is prefilled, for each --prefill-chunk value. The
+   image's rows come from the media cache after the first run (a distinct system prompt each time,
+   so its KV prefix is never reused and the whole prompt is prefilled).
+3. Time to first token of a short text request submitted 0.5 s after a long (about 2000-token)
+   one, against the same short request alone.
+Medians over --runs. Check the load average first: llama.cpp slows down many times over when
+another process competes for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from phi4mm import Phi4MM
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+
+
+def text_request(tag: str, n_words: int = 12) -> list[dict]:
+    words = [WORDS[(i * 7 + len(tag)) % len(WORDS)] for i in range(n_words)]
+    return [{"role": "user", "content": f"{tag}: " + " ".join(words)}]
+
+
+class Timed:
+    """Reads one stream in a thread, stamping each content chunk's arrival."""
+
+    def __init__(self, model: Phi4MM, messages: list[dict], max_tokens: int):
+        self.stamps: list[float] = []
+        self.stream = model.create_chat_completion(messages, max_tokens=max_tokens, temperature=0, stream=True)
+        self.thread = threading.Thread(target=self._read)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for chunk in self.stream:
+            if chunk["choices"][0]["delta"].get("content") or chunk["choices"][0]["finish_reason"]:
+                self.stamps.append(time.perf_counter())
+
+    def join(self) -> Timed:
+        self.thread.join()
+        return self
+
+
+def aggregate_tps(model: Phi4MM, n_streams: int, run: int, max_tokens: int) -> float:
+    streams = [Timed(model, text_request(f"run {run} stream {i}"), max_tokens) for i in range(n_streams)]
+    for s in streams:
+        s.join()
+    lo = max(s.stamps[0] for s in streams)
+    hi = min(s.stamps[-1] for s in streams)
+    n = sum(sum(lo < t <= hi for t in s.stamps) for s in streams)
+    return n / (hi - lo)
+
+
+def gaps(stamps: list[float], lo: float, hi: float) -> list[float]:
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False) if lo <= a and b <= hi]
+
+
+def itl_under_image(model: Phi4MM, image: Image.Image, run: int) -> dict[str, list[float]]:
+    """Gaps of a text stream: idle, during the image's encoding, during its prefill."""
+    text = Timed(model, text_request(f"itl run {run}"), 4000)
+    while len(text.stamps) < 25:
+        time.sleep(0.05)
+    t_call = time.perf_counter()
+    messages = [{"role": "system", "content": f"Session {run}-{time.time_ns()}."},
+                {"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "What is shown in this image?"}]}]
+    other = model.create_chat_completion(messages, max_tokens=1, temperature=0, stream=True)
+    t_submitted = time.perf_counter()  # encoding is done once the call returns
+    for _ in other:  # max_tokens 1: it ends with its first token
+        pass
+    t_first = time.perf_counter()
+    time.sleep(0.5)
+    text.stream.close()
+    text.join()
+    return {"idle": gaps(text.stamps, 0, t_call), "encode": gaps(text.stamps, t_call, t_submitted),
+            "prefill": gaps(text.stamps, t_submitted, t_first), "prefill_s": [t_first - t_submitted]}
+
+
+def ttft(model: Phi4MM, messages: list[dict]) -> float:
+    started = time.perf_counter()
+    stream = model.create_chat_completion(messages, max_tokens=2, temperature=0, stream=True)
+    next(stream)  # the role chunk
+    next(stream)  # the first token
+    elapsed = time.perf_counter() - started
+    stream.close()
+    return elapsed
+
+
+def queued_ttft(model: Phi4MM, run: int) -> tuple[float, float]:
+    words: list[str] = [f"long {run}-{time.time_ns()}"]
+    while len(model.tokenize(" ".join(words))) < 2000:
+        words.extend(WORDS[(len(words) * 5 + run) % len(WORDS)] for _ in range(50))
+    long = [{"role": "user", "content": " ".join(words)}]
+    short = text_request(f"short {run}-{time.time_ns()}")
+    alone = ttft(model, short)
+    first = Timed(model, long, 4)
+    time.sleep(0.5)
+    behind = ttft(model, text_request(f"short behind {run}-{time.time_ns()}"))
+    first.join()
+    return alone, behind
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--streams", default="1,2,4,8")
+    parser.add_argument("--chunks", default="8,16,32")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.streams.split(",")]
+    print(f"load average before: {os.getloadavg()}")
+
+    with Phi4MM.from_pretrained(args.model, n_ctx=4096, n_threads=args.threads, n_parallel=max(counts)) as model:
+        model.create_chat_completion(text_request("warm-up"), max_tokens=4)
+        print(f"{'streams':>8}{'aggregate tok/s (median)':>26}{'runs':>24}{'vs 1 stream':>13}")
+        base = None
+        for n in counts:
+            rates = [aggregate_tps(model, n, r, args.max_tokens) for r in range(args.runs)]
+            median = statistics.median(rates)
+            base = base or median
+            print(f"{n:>8}{median:>26.2f}{' '.join(f'{r:.2f}' for r in rates):>24}{median / base:>12.2f}x")
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (666, 1000, 3), dtype=np.uint8))
+    for chunk in [int(c) for c in args.chunks.split(",")]:
+        with Phi4MM.from_pretrained(args.model, n_ctx=4096, n_threads=args.threads, n_parallel=2,
+                                    prefill_chunk=chunk) as model:
+            model.create_chat_completion(text_request("warm-up"), max_tokens=4)
+            runs = [itl_under_image(model, image, r) for r in range(args.runs + 1)][1:]  # first: encodes
+            merged = {k: [v for r in runs for v in r[k]] for k in runs[0]}
+            idle50, idle95 = pct(merged["idle"], 50), pct(merged["idle"], 95)
+            p50, p95 = pct(merged["prefill"], 50), pct(merged["prefill"], 95)
+            print(f"prefill chunk {chunk}: inter-token latency idle p50 {idle50:.3f} s p95 {idle95:.3f} s; "
+                  f"during the image prefill p50 {p50:.3f} s p95 {p95:.3f} s (p95 {p95 / idle50:.1f}x idle p50, "
+                  f"{p95 / idle95:.1f}x idle p95); image prefill {statistics.median(merged['prefill_s']):.1f} s")
+            cold = itl_under_image(model, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 99)
+            print(f"  cold image (encoder running): gaps p50 {pct(cold['encode'], 50):.3f} s "
+                  f"p95 {pct(cold['encode'], 95):.3f} s over {len(cold['encode'])} tokens")
+            pairs = [queued_ttft(model, r) for r in range(args.runs)]
+            alone = statistics.median(p[0] for p in pairs)
+            behind = statistics.median(p[1] for p in pairs)
+            print(f"  short request TTFT: alone {alone:.2f} s, behind a 2000-token prompt {behind:.2f} s")
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
