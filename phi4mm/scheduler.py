@@ -40,10 +40,14 @@ class SchedulerStats:
     queue_wait_s: float = 0.0   # summed over admitted sequences
     recent: deque = field(default_factory=deque)  # (time, tokens generated in that step)
 
-    def tokens_per_second(self, now: float) -> float:
-        while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
+    def record(self, now: float, generated: int) -> None:
+        self.completion_tokens += generated
+        self.recent.append((now, generated))
+        while self.recent[0][0] < now - RATE_WINDOW_S:
             self.recent.popleft()
-        return sum(n for _, n in self.recent) / RATE_WINDOW_S
+
+    def tokens_per_second(self, now: float) -> float:
+        return sum(n for t, n in list(self.recent) if t >= now - RATE_WINDOW_S) / RATE_WINDOW_S
 
 
 class Scheduler:
@@ -199,8 +203,7 @@ class Scheduler:
         generated = 0
         for seq, index in heads:
             generated += self._after_logits(seq, ctx, index)
-        self.stats.completion_tokens += generated
-        self.stats.recent.append((time.perf_counter(), generated))
+        self.stats.record(time.perf_counter(), generated)
 
     def _after_logits(self, seq: Sequence, ctx, index: int) -> int:
         """Sample (or hand out the logits); 1 if a token was generated."""
@@ -220,6 +223,7 @@ class Scheduler:
     def _on_token(self, seq: Sequence, token: int) -> None:
         usage, params = seq.usage, seq.params
         usage.completion_tokens += 1
+        seq.token_times_s.append(time.perf_counter())
         if self.model.is_eog(token):
             return self._end(seq, "stop", flush=True)
         text, hit = seq.stops.feed(seq.utf8.feed(self.model.piece(token)))

@@ -72,6 +72,7 @@ class Sequence:
         self.submitted_s = time.perf_counter()
         self.admitted_s: float | None = None
         self.first_token_s: float | None = None
+        self.token_times_s: list[float] = []  # perf_counter() at each generated token
         self._cancelled = threading.Event()
         self._starts, self._payloads = _segments(self.items)
 

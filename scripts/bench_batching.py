@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from phi4mm import Phi4MM
+from phi4mm.params import make_params
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 
@@ -39,18 +40,18 @@ def text_request(tag: str, n_words: int = 12) -> list[dict]:
 
 
 class Timed:
-    """Reads one stream in a thread, stamping each content chunk's arrival."""
+    """Reads one sequence's output in a thread; the engine stamps each generated token (a random
+    checkpoint emits many control tokens that render no text, so chunks can't be the clock)."""
 
     def __init__(self, model: Phi4MM, messages: list[dict], max_tokens: int):
-        self.stamps: list[float] = []
-        self.stream = model.create_chat_completion(messages, max_tokens=max_tokens, temperature=0, stream=True)
-        self.thread = threading.Thread(target=self._read)
+        engine = model.engine
+        self.stream = engine.generate(engine.prepare(messages), make_params(max_tokens=max_tokens, temperature=0))
+        self.thread = threading.Thread(target=lambda: list(self.stream))
         self.thread.start()
 
-    def _read(self) -> None:
-        for chunk in self.stream:
-            if chunk["choices"][0]["delta"].get("content") or chunk["choices"][0]["finish_reason"]:
-                self.stamps.append(time.perf_counter())
+    @property
+    def stamps(self) -> list[float]:
+        return self.stream.seq.token_times_s
 
     def join(self) -> Timed:
         self.thread.join()
@@ -58,11 +59,14 @@ class Timed:
 
 
 def aggregate_tps(model: Phi4MM, n_streams: int, run: int, max_tokens: int) -> float:
+    """Tokens generated while every stream is decoding, per second of that window."""
     streams = [Timed(model, text_request(f"run {run} stream {i}"), max_tokens) for i in range(n_streams)]
     for s in streams:
         s.join()
     lo = max(s.stamps[0] for s in streams)
     hi = min(s.stamps[-1] for s in streams)
+    if hi <= lo:
+        raise RuntimeError("the streams did not overlap")
     n = sum(sum(lo < t <= hi for t in s.stamps) for s in streams)
     return n / (hi - lo)
 
@@ -73,7 +77,7 @@ def gaps(stamps: list[float], lo: float, hi: float) -> list[float]:
 
 def itl_under_image(model: Phi4MM, image: Image.Image, run: int) -> dict[str, list[float]]:
     """Gaps of a text stream: idle, during the image's encoding, during its prefill."""
-    text = Timed(model, text_request(f"itl run {run}"), 4000)
+    text = Timed(model, text_request(f"itl run {run}"), 3000)
     while len(text.stamps) < 25:
         time.sleep(0.05)
     t_call = time.perf_counter()
@@ -87,7 +91,7 @@ def itl_under_image(model: Phi4MM, image: Image.Image, run: int) -> dict[str, li
     t_first = time.perf_counter()
     time.sleep(0.5)
     text.stream.close()
-    text.join()
+    text.join()  # the closed stream's sequence leaves at the next step
     return {"idle": gaps(text.stamps, 0, t_call), "encode": gaps(text.stamps, t_call, t_submitted),
             "prefill": gaps(text.stamps, t_submitted, t_first), "prefill_s": [t_first - t_submitted]}
 
