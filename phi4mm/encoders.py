@@ -82,7 +82,7 @@ class Encoders:
     def vision(self) -> vision.VisionWeights:
         """The vision encoder's float32 weights, loaded on the first image."""
         if self._vision is None:
-            contents = read_gguf(self.files.vision, keys.VISION_ARCH)
+            contents = read_gguf(self.files.vision, keys.VISION_ARCH, keep_f16=True)
             self._checkpoint_dynamic_hd = int(contents.value(keys.VISION_PREFIX + "dynamic_hd"))
             self._vision = vision.load_weights(contents.metadata, contents.tensors)
         return self._vision

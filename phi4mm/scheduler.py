@@ -4,9 +4,10 @@ Each step picks one group of sequences that share a context (short/long LongRoPE
 LoRA set, taking turns between groups, and decodes one batch: the next token of every decoding
 sequence in the group plus a bounded chunk of pending prompt rows (token rows in the same
 llama_decode call; image and audio rows in a second one, since a batch is either tokens or
-embeddings). So a long prompt is spread over many steps and stalls other streams by at most one
-chunk; a prompt with no stream waiting on it takes whole batches. Each sequence samples from its
-own logits row with its own sampler chain.
+embeddings), shortest prompts first. So a long prompt is spread over many steps and stalls other
+streams by at most one chunk; a short prompt queued behind a long one starts within a step or two;
+a lone prompt takes whole batches. Each sequence samples from its own logits row with its own
+sampler chain.
 
 Sequences wait in FIFO order for a free slot of their context; a finished one leaves its KV in its
 slot as a cached prefix (contexts.py). A cancelled one (closed generator, gone client, should_stop)
@@ -161,11 +162,10 @@ class Scheduler:
         ctx = group[0].slot.ctx
         self.contexts.apply_lora(ctx, group[0].lora)
         streams = [s for s in group if s.decoding]
-        prompts = [s for s in group if not s.decoding]
+        prompts = sorted((s for s in group if not s.decoding), key=lambda s: s.total - s.pos)  # shortest first
         planned: list[tuple[Sequence, Run]] = [(s, s.next_run(1)) for s in streams]
         token_room, embd_room = self.n_batch - len(streams), self.n_batch
-        # prompt rows this step, all prompts together: bounded while anyone waits for tokens
-        chunk = self.prefill_chunk if any(s.decoding for s in self.running) else self.n_batch
+        chunk = self._prompt_rows()
         for seq in prompts:
             if chunk <= 0:
                 break
@@ -204,6 +204,14 @@ class Scheduler:
         for seq, index in heads:
             generated += self._after_logits(seq, ctx, index)
         self.stats.record(time.perf_counter(), generated)
+
+    def _prompt_rows(self) -> int:
+        """Prompt rows this step, all prompts together: a chunk while anyone waits for tokens; a
+        quarter batch while several prompts share the steps (a short one then starts streaming
+        within a step or two); whole batches for a lone prompt."""
+        if any(s.decoding for s in self.running):
+            return self.prefill_chunk
+        return self.n_batch if len(self.running) == 1 else max(self.prefill_chunk, self.n_batch // 4)
 
     def _after_logits(self, seq: Sequence, ctx, index: int) -> int:
         """Sample (or hand out the logits); 1 if a token was generated."""

@@ -79,7 +79,9 @@ def _meta(metadata: Mapping[str, Any], name: str, kind: type | tuple[type, ...])
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """One SigLIP encoder layer, (out, in) matrices as stored; q rows pre-scaled by head_dim^-0.5."""
+    """One SigLIP encoder layer, (out, in) matrices as stored (float16 from an f16 file: half the
+    memory; `float32_layer` upcasts them per use); q rows pre-scaled by head_dim^-0.5 in float32
+    (in a float16 layer, q is stored unscaled and the upcast scales it, giving the same values)."""
 
     ln1_w: np.ndarray
     ln1_b: np.ndarray
@@ -93,12 +95,25 @@ class LayerWeights:
     up_b: np.ndarray
     down_w: np.ndarray  # (D, F)
     down_b: np.ndarray
+    q_scale: float = 1.0  # applied to qkv_w's q rows by float32_layer (float16 layers only)
+
+
+def float32_layer(w: LayerWeights) -> LayerWeights:
+    """The layer with float32 matrices: itself if already float32, else upcast copies (q scaled)."""
+    if w.qkv_w.dtype == F32:
+        return w
+    qkv_w = w.qkv_w.astype(F32)
+    qkv_w[:qkv_w.shape[0] // 3] *= F32(w.q_scale)
+    return LayerWeights(ln1_w=w.ln1_w, ln1_b=w.ln1_b, qkv_w=qkv_w, qkv_b=w.qkv_b, out_w=w.out_w.astype(F32),
+                        out_b=w.out_b, ln2_w=w.ln2_w, ln2_b=w.ln2_b, up_w=w.up_w.astype(F32), up_b=w.up_b,
+                        down_w=w.down_w.astype(F32), down_b=w.down_b)
 
 
 @dataclass(frozen=True)
 class VisionWeights:
-    """The whole vision GGUF, float32, shapes checked. Matrices stay (out, in): `x @ w.T` feeds BLAS
-    the transposed operand directly, measured as fast as a pre-transposed copy (no second copy)."""
+    """The whole vision GGUF, shapes checked; layer matrices float16 or float32 as stored, the rest
+    float32. Matrices stay (out, in): `x @ w.T` feeds BLAS the transposed operand directly, measured
+    as fast as a pre-transposed copy (no second copy)."""
 
     config: VisionConfig
     patch_w: np.ndarray   # (D, 3*P*P), (channel, kh, kw) order as Conv2d
@@ -114,33 +129,39 @@ class VisionWeights:
 
 
 def load_weights(metadata: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> VisionWeights:
-    """Vision GGUF metadata + float32 tensors (see phi4mm.weights.read_gguf) -> VisionWeights."""
+    """Vision GGUF metadata + tensors (see phi4mm.weights.read_gguf; float16 layer matrices are
+    kept as they are) -> VisionWeights."""
     cfg = VisionConfig.from_metadata(metadata)
     D, F, H, P = cfg.hidden_size, cfg.intermediate_size, cfg.text_hidden_size, cfg.patch_size
 
-    def get(name: str, *shape: int) -> np.ndarray:
+    def get(name: str, *shape: int, f16: bool = False) -> np.ndarray:
         if name not in tensors:
             raise ConfigError(f"vision GGUF tensor {name!r} is missing", key=name)
         t = tensors[name]
-        if t.shape != shape or t.dtype != F32:
+        if t.shape != shape or t.dtype not in ((F32, np.float16) if f16 else (F32, np.float16)):
             raise ConfigError(f"vision GGUF tensor {name!r} is {t.dtype}{t.shape}, "
                               f"expected float32{shape}", key=name)
-        return t
+        return t if f16 else t.astype(F32, copy=False)
 
     scale = F32(cfg.head_dim ** -0.5)  # folded into q: scores = (q * scale) @ k.T
     layers = []
     for i in range(cfg.n_layers):
         b = f"v.blk.{i}."
-        g = {n: (get(b + n + ".weight", *shape), get(b + n + ".bias", shape[0]))
+        g = {n: (get(b + n + ".weight", *shape, f16=len(shape) == 2), get(b + n + ".bias", shape[0]))
              for n, shape in (("attn_q", (D, D)), ("attn_k", (D, D)), ("attn_v", (D, D)),
                               ("attn_out", (D, D)), ("ffn_up", (F, D)), ("ffn_down", (D, F)),
                               ("ln1", (D,)), ("ln2", (D,)))}
+        dtypes = {g[n][0].dtype for n in ("attn_q", "attn_k", "attn_v", "attn_out", "ffn_up", "ffn_down")}
+        if len(dtypes) != 1:
+            raise ConfigError(f"vision GGUF layer {i} mixes matrix types {sorted(map(str, dtypes))}", key=b)
+        f16 = dtypes == {np.dtype(np.float16)}
+        q_w = g["attn_q"][0] if f16 else g["attn_q"][0] * scale
         layers.append(LayerWeights(
             ln1_w=g["ln1"][0], ln1_b=g["ln1"][1], ln2_w=g["ln2"][0], ln2_b=g["ln2"][1],
-            qkv_w=np.concatenate([g["attn_q"][0] * scale, g["attn_k"][0], g["attn_v"][0]]),
+            qkv_w=np.concatenate([q_w, g["attn_k"][0], g["attn_v"][0]]),
             qkv_b=np.concatenate([g["attn_q"][1] * scale, g["attn_k"][1], g["attn_v"][1]]),
             out_w=g["attn_out"][0], out_b=g["attn_out"][1], up_w=g["ffn_up"][0], up_b=g["ffn_up"][1],
-            down_w=g["ffn_down"][0], down_b=g["ffn_down"][1]))
+            down_w=g["ffn_down"][0], down_b=g["ffn_down"][1], q_scale=float(scale) if f16 else 1.0))
     return VisionWeights(
         config=cfg, patch_w=get("v.patch_embd.weight", D, 3, P, P).reshape(D, 3 * P * P),
         patch_b=get("v.patch_embd.bias", D), position=get("v.position_embd.weight", cfg.side ** 2, D),
@@ -206,7 +227,7 @@ def _tower(pixels_nchw: np.ndarray, patch_mask: np.ndarray, live: np.ndarray,
             x = _embed(pixels_nchw[group], ids[group], tokens, weights)  # (sum of live, D)
             work = _Workspace(tokens, keys, cfg, n_workers)
             for layer in weights.layers:
-                _encoder_layer(x, layer, cfg, work, pool)
+                _encoder_layer(x, float32_layer(layer), cfg, work, pool)
             for c, t in enumerate(tokens):
                 features[start + c, t] = x[work.spans[c]]
     finally:

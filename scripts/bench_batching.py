@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from phi4mm import Phi4MM
+from phi4mm.errors import Cancelled
 from phi4mm.params import make_params
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
@@ -46,8 +47,15 @@ class Timed:
     def __init__(self, model: Phi4MM, messages: list[dict], max_tokens: int):
         engine = model.engine
         self.stream = engine.generate(engine.prepare(messages), make_params(max_tokens=max_tokens, temperature=0))
-        self.thread = threading.Thread(target=lambda: list(self.stream))
+        self.thread = threading.Thread(target=self._read)
         self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for _ in self.stream:
+                pass
+        except Cancelled:  # closed by the caller
+            pass
 
     @property
     def stamps(self) -> list[float]:
@@ -69,6 +77,30 @@ def aggregate_tps(model: Phi4MM, n_streams: int, run: int, max_tokens: int) -> f
         raise RuntimeError("the streams did not overlap")
     n = sum(sum(lo < t <= hi for t in s.stamps) for s in streams)
     return n / (hi - lo)
+
+
+def raw_decode_tps(model_dir: Path, counts: list[int], steps: int = 24) -> dict[int, float]:
+    """llama.cpp alone, no scheduler: tokens/s of llama_decode calls holding one new token for
+    each of n sequences (positions 16.., after a 16-token prompt each): the ceiling batching meets."""
+    from phi4mm.files import ModelFiles
+    from phi4mm.llama import Context, ContextSettings, Model, TokenRow
+
+    files = ModelFiles.from_dir(model_dir)
+    out = {}
+    with Model(files.text) as model:
+        ctx = Context(model, ContextSettings(4096, 512, 0, False, max(counts)))
+        try:
+            for n in counts:
+                for seq in range(n):
+                    ctx.truncate(seq, 0)
+                ctx.decode_tokens([TokenRow(100 + i, i, seq) for seq in range(n) for i in range(16)])
+                started = time.perf_counter()
+                for step in range(steps):
+                    ctx.decode_tokens([TokenRow(200 + step, 16 + step, seq, True) for seq in range(n)])
+                out[n] = n * steps / (time.perf_counter() - started)
+        finally:
+            ctx.close()
+    return out
 
 
 def gaps(stamps: list[float], lo: float, hi: float) -> list[float]:
@@ -136,15 +168,18 @@ def main() -> None:
     counts = [int(n) for n in args.streams.split(",")]
     print(f"load average before: {os.getloadavg()}")
 
+    raw = [raw_decode_tps(args.model, counts) for _ in range(args.runs)]
     with Phi4MM.from_pretrained(args.model, n_ctx=4096, n_threads=args.threads, n_parallel=max(counts)) as model:
         model.create_chat_completion(text_request("warm-up"), max_tokens=4)
-        print(f"{'streams':>8}{'aggregate tok/s (median)':>26}{'runs':>24}{'vs 1 stream':>13}")
-        base = None
+        print(f"{'streams':>8}{'aggregate tok/s (median)':>26}{'runs':>24}{'vs 1 stream':>13}"
+              f"{'llama_decode alone':>20}{'vs 1':>8}")
+        base = raw_base = None
         for n in counts:
             rates = [aggregate_tps(model, n, r, args.max_tokens) for r in range(args.runs)]
-            median = statistics.median(rates)
-            base = base or median
-            print(f"{n:>8}{median:>26.2f}{' '.join(f'{r:.2f}' for r in rates):>24}{median / base:>12.2f}x")
+            median, raw_n = statistics.median(rates), statistics.median(r[n] for r in raw)
+            base, raw_base = base or median, raw_base or raw_n
+            print(f"{n:>8}{median:>26.2f}{' '.join(f'{r:.2f}' for r in rates):>24}{median / base:>12.2f}x"
+                  f"{raw_n:>20.2f}{raw_n / raw_base:>7.2f}x")
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (666, 1000, 3), dtype=np.uint8))
     for chunk in [int(c) for c in args.chunks.split(",")]:

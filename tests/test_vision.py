@@ -10,6 +10,8 @@ in f16 except the few that are f16-subnormal).
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import subprocess
 import sys
@@ -61,7 +63,9 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 def load(tiny_dir: Path, encoder_type: str) -> vision.VisionWeights:
-    gguf = read_gguf(tiny_dir / encoder_type / f"phi4mm-vision-{encoder_type}.gguf", "phi4mm-vision")
+    """As the runtime loads it: an f16 file's layer matrices stay float16 in memory."""
+    gguf = read_gguf(tiny_dir / encoder_type / f"phi4mm-vision-{encoder_type}.gguf", "phi4mm-vision",
+                     keep_f16=True)
     return vision.load_weights(gguf.metadata, gguf.tensors)
 
 
@@ -180,11 +184,16 @@ def test_position_ids_identity_for_a_full_crop():
 
 
 def test_f16_weights_agree_with_f32(tiny_dir, weights):
+    """f16 layer matrices kept in memory and upcast per use (q scaled then) give the f32 result;
+    leaving q unscaled (the negative control) does not."""
     f16 = load(tiny_dir, "f16")
+    assert f16.layers[0].qkv_w.dtype == np.float16 and weights.layers[0].qkv_w.dtype == np.float32
     crops = make_crops(*CASES["2x3-odd-pad"], seed=1)
     ours, exact = vision.encode_image(crops, f16), vision.encode_image(crops, weights)
     assert np.isfinite(ours).all()
     assert rel_err(ours, exact) < F16_TOL
+    unscaled = dataclasses.replace(f16, layers=tuple(dataclasses.replace(w, q_scale=1.0) for w in f16.layers))
+    assert rel_err(vision.encode_image(crops, unscaled), exact) > 100 * F16_TOL
 
 
 def test_one_crop_and_padded_multi_crop_images(weights):
