@@ -33,12 +33,14 @@ import numpy as np
 
 
 def run_ours(gguf_path: str, pixels: np.ndarray, mask: np.ndarray, grid: tuple[int, int],
-             n_tokens: int, repeats: int, whole_image: bool, n_workers: int = 1) -> dict:
+             n_tokens: int, repeats: int, whole_image: bool, n_workers: int = 1,
+             keep_f16: bool = False) -> dict:
+    """keep_f16: layer matrices stay float16 in memory, upcast per crop group (as the engine loads them)."""
     from phi4mm import vision
     from phi4mm.image import ImageCrops
     from phi4mm.weights import read_gguf
 
-    gguf = read_gguf(gguf_path, "phi4mm-vision")
+    gguf = read_gguf(gguf_path, "phi4mm-vision", keep_f16=keep_f16)
     weights = vision.load_weights(gguf.metadata, gguf.tensors)
     del gguf
     vision.siglip_features(pixels[:1], mask[:1], weights, n_workers=n_workers)  # warm-up
@@ -154,12 +156,17 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     ours = _spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, True, env=env)
     load.append(os.getloadavg()[0])
+    ours16 = _spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, True, 1, True,
+                      env=env)
+    load.append(os.getloadavg()[0])
     ref = _spawned(run_torch, args.checkpoint, dims, *data, args.repeats, args.threads, env=env)
     load.append(os.getloadavg()[0])
     coretype = os.environ.get("OPENBLAS_CORETYPE", "auto")
     rows = [("torch fp32 eager, SigLIP tower", ref["tower"], ref["rss_gb"]),
             (f"phi4mm tower ({coretype} BLAS)", ours["tower"], ours["rss_gb"]),
-            ("phi4mm encode_image (+pool/proj)", ours["image"], ours["rss_gb"])]
+            ("phi4mm encode_image (+pool/proj)", ours["image"], ours["rss_gb"]),
+            ("phi4mm tower, f16 weights kept", ours16["tower"], ours16["rss_gb"]),
+            ("phi4mm encode_image, f16 kept", ours16["image"], ours16["rss_gb"])]
     if args.also_coretype:
         other = _spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, False,
                          env={**env, "OPENBLAS_CORETYPE": args.also_coretype})
