@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from phi4mm import keys, media
+from phi4mm import keys, malloc, media
 from phi4mm.contexts import Contexts, Item, n_rows
 from phi4mm.encoders import Encoders, Span
 from phi4mm.errors import ContextOverflowError, EngineError, InputError
@@ -61,6 +61,7 @@ class Engine:
         self.settings = settings = settings or EngineSettings()
         if settings.n_parallel < 1:
             raise InputError(f"n_parallel is {settings.n_parallel}, expected >= 1", param="n_parallel")
+        malloc.fix_mmap_threshold()  # freed encoder activations leave the resident set (malloc.py)
         self.model = Model(files.text, use_mmap=settings.use_mmap)
         self.tokenizer = Tokenizer(files.tokenizer)
         n_orig = int(self.model.meta(keys.ORIGINAL_CONTEXT_KEY) or self.model.n_ctx_train)

@@ -117,12 +117,13 @@ class Scheduler:
             return
         try:
             self._decode(group)
-        except EngineError as exc:
+        except Exception as exc:  # noqa: BLE001 - the group's requests get it; the others go on
+            error = exc if isinstance(exc, EngineError) else EngineError(f"decoding failed: {exc!r}")
             for seq in group:
                 if seq.slot is not None:  # what the failed call left in the KV is unknown
                     seq.slot.keys = []
                     seq.slot.ctx.truncate(seq.slot.seq, 0)
-                self._finish(seq, exc)
+                self._finish(seq, error)
 
     def _drop_cancelled(self) -> None:
         with self._cond:

@@ -6,6 +6,7 @@ to float32 once, here; the pure modules `vision` and `audio` never open files.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,11 @@ def read_gguf(path: str | Path, arch: str | None = None, keep_f16: bool = False)
         raise ConfigError(f"{path} is not a readable GGUF file: {exc}", key=str(path)) from exc
     metadata = {name: field.contents() for name, field in reader.fields.items()
                 if not name.startswith("GGUF.")}
-    contents = GGUFContents(path, metadata, {t.name: _to_float32(t, keep_f16) for t in reader.tensors})
+    tensors = {}
+    for t in reader.tensors:
+        tensors[t.name] = _to_float32(t, keep_f16)
+        _release_pages(reader.data, t.data_offset, t.n_bytes)
+    contents = GGUFContents(path, metadata, tensors)
     if arch is not None and contents.value(ARCH_KEY) != arch:
         raise ConfigError(f"{path} holds architecture {contents.value(ARCH_KEY)!r}, expected {arch!r}",
                           key=ARCH_KEY)
@@ -71,3 +76,15 @@ def _to_float32(tensor: gguf.ReaderTensor, keep_f16: bool = False) -> np.ndarray
     else:
         data = gguf.quants.dequantize(tensor.data, kind)
     return data.reshape(shape)
+
+
+def _release_pages(mapped: np.ndarray, offset: int, n_bytes: int) -> None:
+    """Drop the mapped pages of a tensor already copied out: they leave this process's resident
+    set at once (the page cache keeps them), so loading never holds the file and its copy together."""
+    raw = getattr(mapped, "_mmap", None)
+    if raw is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = offset - offset % mmap.PAGESIZE
+    end = min(offset + n_bytes, len(raw))
+    if end > start:
+        raw.madvise(mmap.MADV_DONTNEED, start, end - start)

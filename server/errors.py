@@ -70,8 +70,12 @@ def _body(message: str, kind: str, param: str | None, code: str | None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+RETRY_AFTER_S = 1  # told to clients refused because the queue is full
+
+
 async def on_exception(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=classify(exc).status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(exc, OverloadedError) else None
+    return JSONResponse(error_body(exc), status_code=classify(exc).status, headers=headers)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:

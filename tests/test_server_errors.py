@@ -287,3 +287,56 @@ def test_worker_close_fails_waiting_jobs_and_stops_the_running_one():
             await waiting.next()
 
     asyncio.run(scenario())
+
+
+def test_worker_runs_parallel_jobs_and_bounds_waiting_media_bytes():
+    """Two runners take two jobs at once; waiting jobs may hold at most the media-byte budget (a
+    job that would wait past it is refused, naming the flag); a job that runs at once is not."""
+    async def scenario():
+        loop, gate = asyncio.get_running_loop(), threading.Event()
+        started = [threading.Event(), threading.Event()]
+
+        def blocked(i):
+            started[i].set()
+            gate.wait(10)
+            return iter([{"n": i}])
+
+        worker = Worker(max_queue=4, parallel=2, max_queued_media_bytes=3 << 20)
+        running = [Job(partial(blocked, i), loop, media_bytes=5 << 20) for i in range(2)]
+        for job in running:
+            worker.submit(job)  # over the budget, but they start at once
+        for event in started:
+            assert await asyncio.to_thread(event.wait, 10)
+        assert (worker.in_flight, worker.queued) == (2, 0)
+        small = Job(lambda: iter([{"n": 2}]), loop, media_bytes=2 << 20)
+        worker.submit(small)
+        with pytest.raises(OverloadedError, match="--max-queued-media-mb 3"):
+            worker.submit(Job(lambda: iter([{"n": 3}]), loop, media_bytes=2 << 20))
+        worker.submit(Job(lambda: iter([{"n": 4}]), loop))  # no media: only the count bounds it
+        assert (worker.queued, worker.queued_media_bytes, worker.n_rejected) == (2, 2 << 20, 1)
+        gate.set()
+        assert [await running[0].next(), await running[0].next()] == [{"n": 0}, None]
+        assert [await small.next(), await small.next()] == [{"n": 2}, None]
+        assert worker.close(timeout_s=5)
+
+    asyncio.run(scenario())
+
+
+def test_metrics_and_retry_after_with_a_stand_in_engine():
+    """/metrics works for any engine (the engine series only when it has a scheduler); a full
+    queue's 429 carries Retry-After."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    engine = FakeEngine()
+    settings = ServerSettings(max_queue=0, parallel=1)
+    with TestClient(create_app(settings, load_engine=lambda s: engine)) as test_client:
+        service = test_client.app_state["service"]
+        text = test_client.get("/metrics").text
+        names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        assert {"phi4mm_requests_running", "phi4mm_requests_queued", "phi4mm_queue_wait_seconds_count",
+                "phi4mm_requests_rejected_total"} <= names
+        assert not any(n.startswith("phi4mm_sequences") for n in names)
+        service.worker.submit = lambda job: (_ for _ in ()).throw(OverloadedError("full"))
+        reply = test_client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 429 and reply.headers["retry-after"] == "1"
+        assert reply.json()["error"]["code"] == "queue_full"
