@@ -37,7 +37,7 @@ class Phi4MM:
                         dynamic_hd: int | None = None, media_cache_mb: int = 512,
                         media_limits: MediaLimits | None = None, flash_attn: bool = False,
                         use_mmap: bool = False, cache_dir: str | Path | None = None,
-                        encoder_type: str = "f16", n_parallel: int = 1, prefill_chunk: int = 16,
+                        encoder_type: str = "f16", n_parallel: int = 1, prefill_chunk: int = 8,
                         progress: Callable[[str, int, int], None] | None = None) -> Phi4MM:
         """Load a converted directory, or convert a hub-layout directory / hub repo id once
         (into `cache_dir`, default ~/.cache/phi4mm) and load that."""

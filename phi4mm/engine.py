@@ -41,7 +41,7 @@ class EngineSettings:
     media_cache_bytes: int = 512 << 20     # projected image and audio rows
     media_limits: media.MediaLimits = field(default_factory=media.MediaLimits)
     n_parallel: int = 1                    # sequences decoded together (each with its own KV cells)
-    prefill_chunk: int = 16                # prompt rows per step while other streams are decoding
+    prefill_chunk: int = 8                 # prompt rows per step while other streams are decoding
 
 
 @dataclass(frozen=True)

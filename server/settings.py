@@ -28,7 +28,7 @@ class ServerSettings:
     media_limits: MediaLimits = field(default_factory=lambda: server_media_limits(False, ()))
     max_queue: int = 16                 # requests waiting for a free sequence slot
     parallel: int = 2                   # sequences decoded together (README, Serving several users)
-    prefill_chunk: int = 16             # prompt rows per step while other streams are decoding
+    prefill_chunk: int = 8              # prompt rows per step while other streams are decoding
     max_queued_media_mb: int = 1024     # decoded media held by waiting requests
     max_body_bytes: int = 32 << 20
     dynamic_hd: int | None = None
@@ -67,8 +67,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory whose files requests may name as images (repeatable; default none)")
     add("--parallel", type=int, default=2, help="sequences decoded together, each with its own KV cells "
         "(default 2; README: Serving several users)")
-    add("--prefill-chunk", type=int, default=16, help="prompt rows per step while other streams are "
-        "decoding (default 16): smaller keeps their tokens flowing, larger finishes prompts sooner")
+    add("--prefill-chunk", type=int, default=8, help="prompt rows per step while other streams are "
+        "decoding (default 8): smaller keeps their tokens flowing, larger finishes prompts sooner")
     add("--max-queue", type=int, default=16, help="requests waiting for a free slot (default 16)")
     add("--max-queued-media-mb", type=int, default=1024,
         help="decoded images and audio held by waiting requests, in MiB (default 1024)")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from test_server import Server, _env, _start, _stop
+from test_server import LONG_PROMPT, Server, _env, _start, _stop
 
 pytestmark = pytest.mark.slow
 N_CLIENTS, REQUESTS_PER_CLIENT = 16, 3
@@ -139,8 +139,8 @@ def _wait_metrics(server: Server, timeout_s: float = 10, **expected: float) -> d
 
 def test_disconnects_mid_prompt_and_mid_stream_free_their_sequences(server: Server):
     before = _wait_metrics(server, phi4mm_sequences_running=0)
-    streaming = _raw_stream(server, {"messages": [{"role": "user", "content": "Tell me a long story."}],
-                                     "stream": True, "max_tokens": 100000, "temperature": 1.0})
+    streaming = _raw_stream(server, {"messages": [{"role": "user", "content": LONG_PROMPT}],  # hundreds of tokens
+                                     "stream": True, "max_tokens": 100000, "temperature": 0})
     _read_frames(streaming, 3)  # decoding: from now on prompts are fed 4 rows per step
     rows_before = metrics(server)["phi4mm_prompt_rows_total"]
     long_prompt = "one two three four five six seven eight " * 60  # ~1700 rows
