@@ -115,15 +115,16 @@ def test_logits_and_greedy_output_same_alone_and_batched(tiny_f32, alone, batch)
 
 
 def test_batched_steps_hold_several_sequences(tiny_f32):
-    """Four text streams (one adapter set) decoded together take about a quarter of the steps of
-    their tokens; streams under three adapter sets take turns, group by group."""
-    prompts = [[{"role": "user", "content": f"story {i} " + "x y " * (10 * i)}] for i in range(4)]
+    """Four text streams (one adapter set) are decoded together: the steps that generate tokens
+    generate several each (one each if the streams were served one after another)."""
+    prompts = [[{"role": "user", "content": f"story {i}"}] for i in range(4)]
     with _model(tiny_f32, 4) as model:
         _run_together(lambda i: model.create_chat_completion(prompts[i], max_tokens=40, temperature=1.0, seed=i),
                       list(range(4)))
         stats = model.engine.scheduler.stats
-        assert stats.completion_tokens >= 100
-        assert stats.steps < stats.completion_tokens / 2, (stats.steps, stats.completion_tokens)
+        generating = [n for _, n in stats.recent if n > 0]  # the run takes well under its 10 s window
+        assert stats.completion_tokens >= 60 and sum(generating) == stats.completion_tokens
+        assert stats.completion_tokens / len(generating) >= 2.0, (len(generating), stats.completion_tokens)
 
 
 def _texts(stream) -> str:
