@@ -2,8 +2,8 @@
 
 import pytest
 
-from phi4mm.errors import InputError
 from phi4mm import modes
+from phi4mm.errors import InputError
 from phi4mm.prompt import AUDIO_PLACEHOLDER as APH
 from phi4mm.prompt import IMAGE_PLACEHOLDER as PH
 from phi4mm.prompt import MediaRef, build_prompt, map_media_sources

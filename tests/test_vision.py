@@ -11,7 +11,6 @@ in f16 except the few that are f16-subnormal).
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import subprocess
 import sys
