@@ -1,6 +1,7 @@
 """Phi-4-multimodal-instruct on llama.cpp: exact to the reference, fast on a CPU, from Python."""
 
 from phi4mm.errors import (
+    AudioError,
     Cancelled,
     ConfigError,
     ContextOverflowError,
@@ -22,6 +23,7 @@ __all__ = [
     "ConversionError",
     "EngineError",
     "InputError",
+    "AudioError",
     "MediaError",
     "ModelNotFoundError",
     "OverloadedError",

@@ -38,6 +38,10 @@ class MediaError(InputError):
     """An image (or audio clip) could not be fetched, decoded or accepted within the limits."""
 
 
+class AudioError(MediaError):
+    """An audio clip could not be fetched, decoded or accepted within the limits."""
+
+
 class ContextOverflowError(InputError):
     """The prompt (text plus media rows) does not fit in the context window."""
 

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from phi4mm.errors import ContextOverflowError, InputError, MediaError, OverloadedError, Phi4MMError
+from phi4mm.errors import AudioError, ContextOverflowError, InputError, MediaError, OverloadedError, Phi4MMError
 
 
 class Unauthorized(Phi4MMError):
@@ -37,6 +37,7 @@ class HttpError:
 
 _TABLE: tuple[tuple[type[BaseException], HttpError], ...] = (  # most specific first
     (ContextOverflowError, HttpError(400, "invalid_request_error", "context_length_exceeded")),
+    (AudioError, HttpError(400, "invalid_request_error", "invalid_audio")),
     (MediaError, HttpError(400, "invalid_request_error", "invalid_image")),
     (InputError, HttpError(400, "invalid_request_error")),
     (Unauthorized, HttpError(401, "authentication_error", "invalid_api_key")),

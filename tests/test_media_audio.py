@@ -545,3 +545,14 @@ def test_invalid_audio_limits_are_config_errors(settings):
 def test_default_audio_limits():
     limits = MediaLimits()
     assert (limits.max_audio_bytes, limits.max_audio_s) == (50 << 20, 1800.0)
+
+
+def test_audio_errors_are_audio_errors_even_when_fetching_fails():
+    """Fetching is shared with images; what it refuses for an audio source is an AudioError (the
+    server answers code invalid_audio), still a MediaError for callers that catch that."""
+    from phi4mm.errors import AudioError, MediaError
+
+    for source in ("data:audio/wav;base64,@@@@", "ftp://example.com/a.wav", b""):
+        with pytest.raises(AudioError) as err:
+            load_audio(source)
+        assert isinstance(err.value, MediaError)

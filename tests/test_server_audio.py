@@ -143,7 +143,8 @@ def test_refused_uploads(local: TestClient, fake: FakeEngine):
     two = local.post("/v1/audio/transcriptions", headers=key,
                      files=[("file", ("a.wav", wav_bytes(1.0))), ("file", ("b.wav", wav_bytes(1.0)))])
     error_of(two, 400)
-    assert "max_audio_s" in error_of(post_form(local, audio=wav_bytes(25.0, rate=8000)), 400)["message"]
+    too_long = error_of(post_form(local, audio=wav_bytes(25.0, rate=8000)), 400, "invalid_audio")
+    assert "max_audio_s" in too_long["message"]
     error_of(post_form(local, audio=wav_bytes(40.0)), 413, "request_too_large")
     error_of(local.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"x")}), 401, "invalid_api_key")
     assert fake.calls == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from phi4mm.errors import MediaError
+from phi4mm.errors import AudioError, MediaError
 from phi4mm.media.fetch import check_bytes, describe, read_source
 from phi4mm.media.limits import DEFAULT_LIMITS, MediaLimits
 
@@ -42,15 +42,15 @@ class Waveform:
     def __post_init__(self):
         rate, samples = self.sample_rate_hz, self.samples
         if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate < 1:
-            raise MediaError(f"a Waveform's sample_rate_hz must be an int >= 1, received {rate!r}")
+            raise AudioError(f"a Waveform's sample_rate_hz must be an int >= 1, received {rate!r}")
         object.__setattr__(self, "sample_rate_hz", int(rate))
         if not isinstance(samples, np.ndarray) or samples.dtype != np.float32 or samples.ndim != 1:
             received = (f"{samples.dtype} of shape {samples.shape}" if isinstance(samples, np.ndarray)
                         else type(samples).__name__)
-            raise MediaError(f"a Waveform's samples must be a 1-D float32 numpy array, received "
+            raise AudioError(f"a Waveform's samples must be a 1-D float32 numpy array, received "
                              f"{received}")
         if not np.isfinite(samples).all():
-            raise MediaError(f"a Waveform's samples must be finite, received "
+            raise AudioError(f"a Waveform's samples must be finite, received "
                              f"{int((~np.isfinite(samples)).sum())} NaN or infinite values")
 
     @property
@@ -62,7 +62,7 @@ AudioSource = str | Path | bytes | bytearray | memoryview | Waveform | tuple
 
 
 def load_audio(source: AudioSource, limits: MediaLimits = DEFAULT_LIMITS) -> Waveform:
-    """Any supported source -> mono float32 `Waveform` at its own rate; MediaError if refused.
+    """Any supported source -> mono float32 `Waveform` at its own rate; AudioError (a MediaError) if refused.
 
     A str is a data URL, an http(s):// or file:// URL, bare base64 or a local path (see
     fetch.read_source); a tuple is (numpy samples (N,) or (N, channels), sample rate in Hz).
@@ -72,11 +72,17 @@ def load_audio(source: AudioSource, limits: MediaLimits = DEFAULT_LIMITS) -> Wav
     if isinstance(source, tuple):
         return _from_tuple(source, limits)
     if isinstance(source, np.ndarray):
-        raise MediaError(f"a numpy array needs its sample rate: pass (samples, sample_rate_hz), "
+        raise AudioError(f"a numpy array needs its sample rate: pass (samples, sample_rate_hz), "
                          f"received a bare array of shape {source.shape}")
     if isinstance(source, (bytes, bytearray, memoryview, Path, str)):
-        return decode_audio(read_source(source, limits, "audio"), limits, describe(source, "audio"))
-    raise MediaError(f"unsupported audio source of type {type(source).__name__}; expected a path, "
+        try:
+            data = read_source(source, limits, "audio")
+        except AudioError:
+            raise
+        except MediaError as exc:  # fetching is shared with images; the error is about audio here
+            raise AudioError(str(exc), getattr(exc, "param", None)) from exc
+        return decode_audio(data, limits, describe(source, "audio"))
+    raise AudioError(f"unsupported audio source of type {type(source).__name__}; expected a path, "
                      f"a URL, base64 text, bytes, a Waveform or a (numpy samples, sample rate) tuple")
 
 
@@ -86,20 +92,20 @@ def decode_audio(data: bytes, limits: MediaLimits = DEFAULT_LIMITS, origin: str 
     `format_hint` (e.g. OpenAI's input_audio.format: "wav", "mp3") is tried only if that fails."""
     check_bytes(len(data), limits, "audio", origin)
     if not data:
-        raise MediaError(f"{origin} is empty (0 bytes); expected {EXPECTED_FORMATS}")
+        raise AudioError(f"{origin} is empty (0 bytes); expected {EXPECTED_FORMATS}")
     _check_wav_header(data, limits, origin)
     with _open(data, origin, format_hint) as container:
         stream, container_name = _audio_stream(container, origin), container.format.name
         declared_s = _declared_duration_s(container, stream, data)
         if declared_s is not None and declared_s > limits.max_audio_s:
-            raise MediaError(f"{origin} declares {declared_s:.2f} s of audio, over "
+            raise AudioError(f"{origin} declares {declared_s:.2f} s of audio, over "
                              f"max_audio_s={limits.max_audio_s}")
         samples, rate = _decode(container, stream, limits, origin)  # (n_samples,) float32
     if not len(samples):
-        raise MediaError(f"{origin} is a {container_name} file with no audio samples "
+        raise AudioError(f"{origin} is a {container_name} file with no audio samples "
                          f"(0 s); expected a non-empty clip")
     if declared_s is not None and len(samples) / rate < declared_s - max(0.2, 0.05 * declared_s):
-        raise MediaError(f"{origin} is truncated: its header declares {declared_s:.2f} s but only "
+        raise AudioError(f"{origin} is truncated: its header declares {declared_s:.2f} s but only "
                          f"{len(samples) / rate:.2f} s could be decoded")
     return Waveform(samples, rate)
 
@@ -108,36 +114,36 @@ def _within_limits(waveform: Waveform, limits: MediaLimits, origin: str) -> Wave
     if not len(waveform.samples):
         raise _no_samples(origin)
     if waveform.duration_s > limits.max_audio_s:
-        raise MediaError(f"{origin} is {waveform.duration_s:.2f} s long, over "
+        raise AudioError(f"{origin} is {waveform.duration_s:.2f} s long, over "
                          f"max_audio_s={limits.max_audio_s}")
     return waveform
 
 
-def _no_samples(origin: str) -> MediaError:
-    return MediaError(f"{origin} holds no samples (0 s); expected a non-empty clip")
+def _no_samples(origin: str) -> AudioError:
+    return AudioError(f"{origin} holds no samples (0 s); expected a non-empty clip")
 
 
 def _from_tuple(source: tuple, limits: MediaLimits) -> Waveform:
     """(samples (N,) or (N, C), rate) -> Waveform: int16/int32 scaled to [-1, 1], floats kept,
     channels averaged."""
     if len(source) != 2 or not isinstance(source[0], np.ndarray):
-        raise MediaError(f"an audio tuple must be (numpy samples, sample_rate_hz), received a tuple "
+        raise AudioError(f"an audio tuple must be (numpy samples, sample_rate_hz), received a tuple "
                          f"of {len(source)} items of types {[type(x).__name__ for x in source]}")
     array, rate = source
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate < 1:
-        raise MediaError(f"an audio tuple's sample rate must be an int >= 1 (Hz), received {rate!r}")
+        raise AudioError(f"an audio tuple's sample rate must be an int >= 1 (Hz), received {rate!r}")
     shape_ok = array.ndim == 1 or (array.ndim == 2 and 1 <= array.shape[1] <= _MAX_CHANNELS)
     dtype_ok = array.dtype in _TUPLE_SCALES or np.issubdtype(array.dtype, np.floating)
     if not (shape_ok and dtype_ok):
         flipped = array.ndim == 2 and array.shape[0] < array.shape[1]
-        raise MediaError(f"audio samples must be int16, int32 or float of shape (n_samples,) or "
+        raise AudioError(f"audio samples must be int16, int32 or float of shape (n_samples,) or "
                          f"(n_samples, n_channels <= {_MAX_CHANNELS}), received {array.dtype} of "
                          f"shape {array.shape}" + ("; transpose a (channels, samples) array"
                                                    if flipped else ""))
     if not len(array):
         raise _no_samples(_TUPLE)
     if len(array) / rate > limits.max_audio_s:
-        raise MediaError(f"{_TUPLE} is {len(array) / rate:.2f} s long ({len(array)} samples at "
+        raise AudioError(f"{_TUPLE} is {len(array) / rate:.2f} s long ({len(array)} samples at "
                          f"{rate} Hz), over max_audio_s={limits.max_audio_s}")
     samples_nc = array.reshape(len(array), -1).astype(np.float32)  # (N, C), a copy
     samples_nc *= np.float32(_TUPLE_SCALES.get(array.dtype, 1.0))
@@ -163,11 +169,11 @@ def _check_wav_header(data: bytes, limits: MediaLimits, origin: str) -> None:
     if size == _UNKNOWN_WAV_SIZE:
         return
     if byte_rate and size / byte_rate > limits.max_audio_s:
-        raise MediaError(f"{origin} declares {size / byte_rate:.2f} s of audio in its WAV header, "
+        raise AudioError(f"{origin} declares {size / byte_rate:.2f} s of audio in its WAV header, "
                          f"over max_audio_s={limits.max_audio_s}")
     present = len(data) - (offset + 8)
     if size > present:
-        raise MediaError(f"{origin} is truncated: its WAV data chunk declares {size} bytes but "
+        raise AudioError(f"{origin} is truncated: its WAV data chunk declares {size} bytes but "
                          f"only {present} are present")
 
 
@@ -182,7 +188,7 @@ def _open(data: bytes, origin: str, format_hint: str | None):
         except Exception as exc:  # av.error.*: InvalidDataError, ArgumentError (not whitelisted)
             failure = exc
     hint = f" (format hint {format_hint!r})" if format_hint else ""
-    raise MediaError(f"{origin} is not a readable audio file{hint}, or is cut off before its "
+    raise AudioError(f"{origin} is not a readable audio file{hint}, or is cut off before its "
                      f"header ends ({len(data)} bytes starting {data[:12]!r}): {failure}; expected "
                      f"{EXPECTED_FORMATS}") from failure
 
@@ -191,7 +197,7 @@ def _audio_stream(container, origin: str):
     if container.streams.audio:
         return container.streams.audio[0]
     found = ", ".join(f"{s.type} ({s.codec_context.name})" for s in container.streams) or "none"
-    raise MediaError(f"{origin} is a {container.format.name} file with no audio stream (streams: "
+    raise AudioError(f"{origin} is a {container.format.name} file with no audio stream (streams: "
                      f"{found}); expected {EXPECTED_FORMATS}")
 
 
@@ -228,20 +234,20 @@ def _decode(container, stream, limits: MediaLimits, origin: str) -> tuple[np.nda
             if not rate:
                 rate = frame.sample_rate
             elif frame.sample_rate != rate:
-                raise MediaError(f"{origin} changes sample rate mid-stream, from {rate} Hz to "
+                raise AudioError(f"{origin} changes sample rate mid-stream, from {rate} Hz to "
                                  f"{frame.sample_rate} Hz; expected one rate")
             chunks.append(_frame_to_mono(frame))
             n_samples += len(chunks[-1])
             if n_samples > limits.max_audio_s * rate:
-                raise MediaError(f"{origin} is longer than max_audio_s={limits.max_audio_s}: "
+                raise AudioError(f"{origin} is longer than max_audio_s={limits.max_audio_s}: "
                                  f"decoding stopped at {n_samples / rate:.3f} s")
     except MediaError:
         raise
     except Exception as exc:  # av.error.* (InvalidDataError, ...) and PyAV's own ValueErrors
         if not n_samples:
-            raise MediaError(f"{origin} could not be decoded as {stream.codec_context.name} audio "
+            raise AudioError(f"{origin} could not be decoded as {stream.codec_context.name} audio "
                              f"(corrupt or truncated): {exc}") from exc
-        raise MediaError(f"{origin} is truncated or corrupt: decoding failed after "
+        raise AudioError(f"{origin} is truncated or corrupt: decoding failed after "
                          f"{n_samples / rate:.2f} s: {exc}") from exc
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # (n_samples,)
     return samples, rate or stream.sample_rate or 1
