@@ -43,10 +43,12 @@ class ServerSettings:
                 raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least}", key=name)
 
 
-def server_media_limits(allow_private_urls: bool, allowed_dirs: tuple[Path, ...]) -> MediaLimits:
+def server_media_limits(allow_private_urls: bool, allowed_dirs: tuple[Path, ...],
+                        max_audio_bytes: int = MediaLimits.max_audio_bytes,
+                        max_audio_s: float = MediaLimits.max_audio_s) -> MediaLimits:
     """HTTP clients may read local files only inside `allowed_dirs` (none: no local files)."""
     return MediaLimits(allow_private_urls=allow_private_urls, allow_local_files=bool(allowed_dirs),
-                       allowed_dirs=allowed_dirs)
+                       allowed_dirs=allowed_dirs, max_audio_bytes=max_audio_bytes, max_audio_s=max_audio_s)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +75,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-queued-media-mb", type=int, default=1024,
         help="decoded images and audio held by waiting requests, in MiB (default 1024)")
     add("--max-body-mb", type=float, default=32.0, help="largest request body in MB (default 32)")
+    add("--max-audio-mb", type=float, default=MediaLimits.max_audio_bytes / (1 << 20),
+        help="largest encoded audio clip in MB (default 50; uploads are also bound by --max-body-mb)")
+    add("--max-audio-s", type=float, default=MediaLimits.max_audio_s,
+        help="longest audio clip in seconds (default 1800)")
     add("--dynamic-hd", type=int, default=None, help="most image crops (default: the model's, 36)")
     add("--no-ui", dest="ui", action="store_false", help="don't serve the chat page at /")
 
@@ -82,7 +88,8 @@ def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) 
     return ServerSettings(
         model=args.model, model_dir=model_dir, quant=args.quant, host=args.host, port=args.port,
         n_ctx=args.n_ctx, n_threads=args.threads, api_key=args.api_key or None,
-        media_limits=server_media_limits(args.allow_private_urls, dirs),
+        media_limits=server_media_limits(args.allow_private_urls, dirs, int(args.max_audio_mb * (1 << 20)),
+                                         args.max_audio_s),
         max_queue=args.max_queue, parallel=args.parallel, prefill_chunk=args.prefill_chunk,
         max_queued_media_mb=args.max_queued_media_mb, max_body_bytes=int(args.max_body_mb * (1 << 20)),
         dynamic_hd=args.dynamic_hd, ui=args.ui)

@@ -8,6 +8,7 @@ checked, never words. Audio is synthetic: loud noise with silences where the cut
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -298,3 +299,20 @@ def test_disconnect_cancels_the_transcription(server: Server, long_wav: bytes):
 def test_no_fault_was_logged(server: Server):
     log = server.log.read_text()
     assert "Traceback" not in log, log[log.index("Traceback"):][:4000]
+
+
+def test_audio_limit_flags_reach_the_limits(fake: FakeEngine):
+    """--max-audio-s / --max-audio-mb set the server's audio limits; a clip over them is 400
+    invalid_audio naming the limit, before the engine."""
+    from phi4mm.cli import build_parser
+    from phi4mm.server.settings import settings_from_args
+
+    args = build_parser().parse_args(["serve", "--max-audio-s", "1.5", "--max-audio-mb", "2"])
+    settings = settings_from_args(args)
+    assert (settings.media_limits.max_audio_s, settings.media_limits.max_audio_bytes) == (1.5, 2 << 20)
+    settings = dataclasses.replace(settings, api_key=KEY, warmup=False)
+    with TestClient(create_app(settings, load_engine=lambda s: fake), raise_server_exceptions=False) as client:
+        error = error_of(post_form(client, audio=wav_bytes(2.0)), 400, "invalid_audio")
+        assert "max_audio_s=1.5" in error["message"]
+        assert post_form(client, audio=wav_bytes(1.0)).status_code == 200
+    assert len(fake.calls) == 1
