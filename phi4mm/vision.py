@@ -212,27 +212,37 @@ def siglip_features(pixels_nchw: np.ndarray, patch_mask: np.ndarray, weights: Vi
 def _tower(pixels_nchw: np.ndarray, patch_mask: np.ndarray, live: np.ndarray,
            weights: VisionWeights, crops_per_batch: int, n_workers: int,
            use_key_mask: bool = True) -> np.ndarray:
-    """Run only the `live` patches of each crop (the rest are returned as zeros), group by group."""
+    """Run only the `live` patches of each crop (the rest are returned as zeros), layer by layer
+    over groups of crops: each layer's weights are upcast once (f16 files) and then applied to
+    every group, whose activation buffers are shared (one group is computed at a time)."""
     cfg = weights.config
     n_crops, T = len(pixels_nchw), cfg.side ** 2
     features = np.zeros((n_crops, T, cfg.hidden_size), dtype=F32)  # (n_crops, T, D)
     ids = position_ids(patch_mask)
     pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    plans = []
+    for start in range(0, n_crops, crops_per_batch):
+        group = slice(start, start + crops_per_batch)
+        tokens = [np.flatnonzero(m) for m in live[group].reshape(-1, T)]
+        keys = [None if m.all() or not use_key_mask or not m.any() else np.flatnonzero(m[t])
+                for m, t in zip(patch_mask[group].reshape(-1, T), tokens, strict=True)]
+        plans.append((start, group, tokens, keys))
+    buffers = _buffers(max(sum(len(t) for t in tokens) for _, _, tokens, _ in plans), cfg, n_workers)
+    groups = []
+    for start, group, tokens, keys in plans:
+        x = _embed(pixels_nchw[group], ids[group], tokens, weights)  # (sum of live, D)
+        groups.append((start, tokens, x, _Workspace(tokens, keys, cfg, n_workers, buffers)))
     try:
-        for start in range(0, n_crops, crops_per_batch):
-            group = slice(start, start + crops_per_batch)
-            tokens = [np.flatnonzero(m) for m in live[group].reshape(-1, T)]
-            keys = [None if m.all() or not use_key_mask or not m.any() else np.flatnonzero(m[t])
-                    for m, t in zip(patch_mask[group].reshape(-1, T), tokens, strict=True)]
-            x = _embed(pixels_nchw[group], ids[group], tokens, weights)  # (sum of live, D)
-            work = _Workspace(tokens, keys, cfg, n_workers)
-            for layer in weights.layers:
-                _encoder_layer(x, float32_layer(layer), cfg, work, pool)
-            for c, t in enumerate(tokens):
-                features[start + c, t] = x[work.spans[c]]
+        for layer in weights.layers:
+            w = float32_layer(layer)
+            for _, _, x, work in groups:
+                _encoder_layer(x, w, cfg, work, pool)
     finally:
         if pool is not None:
             pool.shutdown()
+    for start, tokens, x, work in groups:
+        for c, t in enumerate(tokens):
+            features[start + c, t] = x[work.spans[c]]
     return features
 
 
@@ -254,11 +264,12 @@ def _embed(pixels_nchw: np.ndarray, ids: np.ndarray, tokens: list[np.ndarray],
 
 
 class _Workspace:
-    """Activation buffers of one crop group, allocated once and reused by every layer, and how its
-    work splits over the workers: row blocks for the dense parts, (crop, heads) for attention."""
+    """Activation buffers of one crop group, reused by every layer, and how its work splits over
+    the workers: row blocks for the dense parts, (crop, heads) for attention. The buffers are views
+    of `shared` arrays (`_buffers`), so groups computed one after another share them."""
 
-    def __init__(self, tokens: list[np.ndarray], keys: list, cfg: VisionConfig, n_workers: int):
-        D, F = cfg.hidden_size, cfg.intermediate_size
+    def __init__(self, tokens: list[np.ndarray], keys: list, cfg: VisionConfig, n_workers: int,
+                 shared: dict):
         bounds = np.cumsum([0] + [len(t) for t in tokens])
         self.spans = [slice(int(a), int(b)) for a, b in pairwise(bounds)]  # rows of each crop
         cuts = np.linspace(0, bounds[-1], n_workers + 1).astype(int)
@@ -266,11 +277,20 @@ class _Workspace:
         heads = np.array_split(np.arange(cfg.n_heads), n_workers)
         self.attention = [(span, key_idx, h) for span, key_idx in zip(self.spans, keys, strict=True)
                           for h in heads]
-        self.h = np.empty((bounds[-1], D), F32)     # LN output, then attention output
-        self.y = np.empty((bounds[-1], D), F32)     # projection outputs before the residual add
-        self.qkv = np.empty((bounds[-1], 3 * D), F32)
-        self.up = np.empty((bounds[-1], F), F32)
-        self.gelu = [np.empty((GELU_ROWS, F), F32) for _ in self.row_blocks]
+        n = int(bounds[-1])
+        self.h = shared["h"][:n]       # LN output, then attention output
+        self.y = shared["y"][:n]       # projection outputs before the residual add
+        self.qkv = shared["qkv"][:n]
+        self.up = shared["up"][:n]
+        self.gelu = shared["gelu"]
+
+
+def _buffers(n_rows: int, cfg: VisionConfig, n_workers: int) -> dict:
+    """Activation buffers for the largest group (n_rows live patches), shared by every group."""
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    return {"h": np.empty((n_rows, D), F32), "y": np.empty((n_rows, D), F32),
+            "qkv": np.empty((n_rows, 3 * D), F32), "up": np.empty((n_rows, F), F32),
+            "gelu": [np.empty((GELU_ROWS, F), F32) for _ in range(n_workers)]}
 
 
 def _encoder_layer(x: np.ndarray, w: LayerWeights, cfg: VisionConfig, work: _Workspace,
