@@ -68,7 +68,7 @@ class Phi4MM:
                              presence_penalty, repeat_penalty, stop, seed, dynamic_hd,
                              _grammar(response_format))
         prepared = self.engine.prepare(messages, params.dynamic_hd, media_limits, should_stop)
-        chunks = self.engine.generate(prepared, params, should_stop)
+        chunks = self.engine.submit(prepared, params, should_stop)
         return self._stream(chunks) if stream else self._collect(chunks)
 
     def prompt_logits(self, messages: Any, dynamic_hd: int | None = None,

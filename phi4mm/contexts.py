@@ -28,7 +28,6 @@ from phi4mm.encoders import Span
 from phi4mm.llama import Adapter, Context, ContextSettings, Model
 
 Item = int | Span
-KINDS = ("short", "long")
 
 
 @dataclass
@@ -44,8 +43,7 @@ class Slot:
 
 @dataclass
 class PrefixStats:
-    requests: int = 0       # slots handed out
-    hits: int = 0           # of which reused at least one row
+    hits: int = 0           # slots handed out that reused at least one row
     rows_reused: int = 0
 
 
@@ -76,19 +74,16 @@ class Contexts:
 
     def context(self, kind: str) -> Context:
         if kind not in self.contexts:
-            size = min(self.n_ctx, self.n_orig) if kind == "short" else self.n_ctx
             s = self.settings
-            ctx = Context(self.model, ContextSettings(size, s.n_batch, s.n_threads, s.flash_attn, self.n_slots))
+            ctx = Context(self.model, ContextSettings(self.capacity(kind), s.n_batch, s.n_threads, s.flash_attn,
+                                                      self.n_slots))
             self.contexts[kind] = ctx
             self.slots[kind] = [Slot(kind, i, ctx) for i in range(self.n_slots)]
         return self.contexts[kind]
 
     def capacity(self, kind: str) -> int:
+        """Cells per slot of the `kind` context."""
         return min(self.n_ctx, self.n_orig) if kind == "short" else self.n_ctx
-
-    def free(self, kind: str) -> int:
-        self.context(kind)
-        return sum(not s.busy for s in self.slots[kind])
 
     def acquire(self, kind: str, keys: list, lora: str | None) -> tuple[Slot, int] | None:
         """An idle slot for a sequence whose rows are `keys`, and how many leading rows its KV
@@ -106,7 +101,6 @@ class Contexts:
             best = min(idle, key=lambda s: s.last_used)  # nothing shared: evict the least recently used
         best.ctx.truncate(best.seq, reuse)
         best.keys, best.lora, best.busy = best.keys[:reuse], lora, True
-        self.stats.requests += 1
         self.stats.hits += int(reuse > 0)
         self.stats.rows_reused += reuse
         return best, reuse

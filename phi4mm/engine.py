@@ -127,9 +127,6 @@ class Engine:
         (logits,) = list(self.submit(prepared, None))
         return logits
 
-    def generate(self, prepared: Prepared, params: GenerationParams, should_stop: StopCheck | None = None) -> Stream:
-        return self.submit(prepared, params, should_stop)
-
     def close(self) -> None:
         self.scheduler.close()
         self.contexts.close()

@@ -31,14 +31,12 @@ RATE_WINDOW_S = 10.0
 
 @dataclass
 class SchedulerStats:
-    submitted: int = 0
     finished: int = 0
     cancelled: int = 0
     failed: int = 0
     steps: int = 0
     prompt_rows: int = 0        # prompt rows decoded (not reused)
     completion_tokens: int = 0
-    queue_wait_s: float = 0.0   # summed over admitted sequences
     recent: deque = field(default_factory=deque)  # (time, tokens generated in that step)
 
     def record(self, now: float, generated: int) -> None:
@@ -73,7 +71,6 @@ class Scheduler:
             if self._closing:
                 raise EngineError("the model is closed")
             self.waiting.append(seq)
-            self.stats.submitted += 1
             self._cond.notify()
 
     def wake(self) -> None:
@@ -146,7 +143,6 @@ class Scheduler:
             seq.usage.cached_tokens = seq.pos
             seq.admitted_s = time.perf_counter()
             seq.usage.queue_seconds = seq.admitted_s - seq.submitted_s
-            self.stats.queue_wait_s += seq.usage.queue_seconds
 
     def _next_group(self) -> list[Sequence]:
         """The sequences of the next (context, LoRA) group in turn."""

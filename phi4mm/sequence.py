@@ -5,7 +5,6 @@ bookkeeping; the scheduler decides when rows are decoded."""
 from __future__ import annotations
 
 import bisect
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from phi4mm.streaming import StopScanner, Utf8Stream
 from phi4mm.usage import Usage
 
 END = object()  # the last thing a sink receives (after the final Chunk, the logits, or an exception)
-_ids = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -48,15 +46,13 @@ Sink = Callable[[object], None]
 
 
 class Sequence:
-    """`params` None: a prompt-logits request (its sink gets the last row's logits, then END).
-    Otherwise a generation: Chunks, the last with finish_reason, then END. Errors: the exception,
-    then END. `usage` is filled in as it goes and final once END is sent."""
+    """`items` end with a text token (Engine.prepare checks). `params` None: a prompt-logits
+    request (its sink gets the last row's logits, then END). Otherwise a generation: Chunks, the
+    last with finish_reason, then END. Errors: the exception, then END. `usage` is filled in as it
+    goes and final once END is sent."""
 
     def __init__(self, items: list[Item], mode: Mode, params: GenerationParams | None, sampler: Sampler | None,
                  sink: Sink, usage: Usage, should_stop: Callable[[], bool] | None = None):
-        if not items or isinstance(items[-1], Span):
-            raise ValueError("a sequence must end with a text token")
-        self.id = next(_ids)
         self.items = list(items)
         self.keys = row_keys(self.items)
         self.mode = mode

@@ -46,7 +46,7 @@ class Timed:
 
     def __init__(self, model: Phi4MM, messages: list[dict], max_tokens: int):
         engine = model.engine
-        self.stream = engine.generate(engine.prepare(messages), make_params(max_tokens=max_tokens, temperature=0))
+        self.stream = engine.submit(engine.prepare(messages), make_params(max_tokens=max_tokens, temperature=0))
         self.thread = threading.Thread(target=self._read)
         self.thread.start()
 

@@ -58,7 +58,7 @@ def bench_ours_lora(model: Phi4MM, msgs: list[dict], n_prompt: int, n_gen: int) 
     prepared = dataclasses.replace(prepared, mode=modes.VISION)
     pp_s, _ = timed(lambda: engine.prompt_logits(prepared))
     params = make_params(max_tokens=n_gen, temperature=0)
-    tg_s, _ = timed(lambda: list(engine.generate(prepared, params)))
+    tg_s, _ = timed(lambda: list(engine.submit(prepared, params)))
     return n_prompt / pp_s, n_gen / tg_s
 
 

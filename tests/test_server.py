@@ -376,24 +376,31 @@ def test_body_limit_declared_and_streamed(strict_server: Server):
     assert_serving(strict_server)
 
 
-def _open_stream(server: Server, prompt: str = LONG_PROMPT) -> socket.socket:
-    """A raw streaming request that generates until the context is full; returns its socket."""
-    body = json.dumps({"messages": [{"role": "user", "content": prompt}], "stream": True,
-                       "temperature": 0, "max_tokens": 100000}).encode()
+def raw_post(server: Server, body: dict) -> socket.socket:
+    """POST `body` to /v1/chat/completions over a plain socket (so the test can drop it at any
+    moment); returns the socket."""
+    data = json.dumps(body).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
-            f"{server.key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"{server.key}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-    sock.sendall(head.encode() + body)
+    sock.sendall(head.encode() + data)
     return sock
 
 
-def _read_until(sock: socket.socket, marker: bytes) -> bytes:
+def read_frames(sock: socket.socket, n: int = 3, marker: bytes = b"data: ") -> bytes:
+    """Read until `marker` has arrived n times; what was read."""
     data = b""
-    while data.count(marker) < 3:
+    while data.count(marker) < n:
         chunk = sock.recv(65536)
         assert chunk, data
         data += chunk
     return data
+
+
+def _open_stream(server: Server, prompt: str = LONG_PROMPT) -> socket.socket:
+    """A raw streaming request that generates until the context is full; returns its socket."""
+    return raw_post(server, {"messages": [{"role": "user", "content": prompt}], "stream": True,
+                             "temperature": 0, "max_tokens": 100000})
 
 
 def _wait_health(server: Server, timeout_s: float = 10, **expected) -> dict:
@@ -407,7 +414,7 @@ def _wait_health(server: Server, timeout_s: float = 10, **expected) -> dict:
 def test_disconnect_frees_the_slot(strict_server: Server):
     before = _wait_health(strict_server, in_flight=0, queued=0)["cancelled"]
     sock = _open_stream(strict_server)
-    assert b"200 OK" in _read_until(sock, b"data: ")
+    assert b"200 OK" in read_frames(sock)
     assert strict_server.health()["in_flight"] == 1
     sock.close()
     _wait_health(strict_server, timeout_s=5, in_flight=0, queued=0, cancelled=before + 1)
@@ -418,7 +425,7 @@ def test_disconnect_frees_the_slot(strict_server: Server):
 
 def test_full_queue_is_429_then_recovers(strict_server: Server):
     running = _open_stream(strict_server)
-    _read_until(running, b"data: ")
+    read_frames(running)
     waiting = _open_stream(strict_server)
     _wait_health(strict_server, in_flight=1, queued=1)
     error = assert_error(strict_server.post(_user("hi")), 429, "queue_full", "--max-queue 1")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from test_server import LONG_PROMPT, Server, _env, _start, _stop
+from test_server import LONG_PROMPT, Server, _env, _start, _stop, raw_post, read_frames
 
 pytestmark = pytest.mark.slow
 N_CLIENTS, REQUESTS_PER_CLIENT = 16, 3
@@ -112,23 +111,6 @@ def test_sixteen_clients_mixing_modalities(server: Server):
     assert growth_kb < RSS_BOUND_KB, growth_kb
 
 
-def _raw_stream(server: Server, body: dict) -> socket.socket:
-    data = json.dumps(body).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n")
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-    sock.sendall(head.encode() + data)
-    return sock
-
-
-def _read_frames(sock: socket.socket, n: int) -> None:
-    data = b""
-    while data.count(b"data: ") < n:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-
-
 def _wait_metrics(server: Server, timeout_s: float = 10, **expected: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while any((m := metrics(server))[k] != v for k, v in expected.items()):
@@ -139,14 +121,14 @@ def _wait_metrics(server: Server, timeout_s: float = 10, **expected: float) -> d
 
 def test_disconnects_mid_prompt_and_mid_stream_free_their_sequences(server: Server):
     before = _wait_metrics(server, phi4mm_sequences_running=0)
-    streaming = _raw_stream(server, {"messages": [{"role": "user", "content": LONG_PROMPT}],  # hundreds of tokens
+    streaming = raw_post(server, {"messages": [{"role": "user", "content": LONG_PROMPT}],  # hundreds of tokens
                                      "stream": True, "max_tokens": 100000, "temperature": 0})
-    _read_frames(streaming, 3)  # decoding: from now on prompts are fed 4 rows per step
+    read_frames(streaming, 3)  # decoding: from now on prompts are fed 4 rows per step
     rows_before = metrics(server)["phi4mm_prompt_rows_total"]
     long_prompt = "one two three four five six seven eight " * 60  # ~1700 rows
-    prompting = _raw_stream(server, {"messages": [{"role": "user", "content": long_prompt}], "stream": True,
+    prompting = raw_post(server, {"messages": [{"role": "user", "content": long_prompt}], "stream": True,
                                      "max_tokens": 5})
-    _read_frames(prompting, 1)   # the role chunk comes at once; the prompt is still being decoded
+    read_frames(prompting, 1)   # the role chunk comes at once; the prompt is still being decoded
     prompting.close()
     m = _wait_metrics(server, phi4mm_sequences_running=1,
                       phi4mm_sequences_cancelled_total=before["phi4mm_sequences_cancelled_total"] + 1)
