@@ -35,7 +35,7 @@ class Slot:
     kind: str                   # "short" or "long": which context
     seq: int                    # the sequence id inside that context
     ctx: Context
-    keys: list = field(default_factory=list)  # what the KV holds: token ids and (span key, row)
+    keys: list = field(default_factory=list)  # while idle, what its KV holds: token ids and (span key, row)
     lora: str | None = None     # the adapter set those rows were computed under
     busy: bool = False
     last_used: int = 0
@@ -105,10 +105,10 @@ class Contexts:
         self.stats.rows_reused += reuse
         return best, reuse
 
-    def release(self, slot: Slot) -> None:
-        """The slot goes idle; its KV (slot.keys) stays as a cached prefix."""
+    def release(self, slot: Slot, keys: list) -> None:
+        """The slot goes idle; its KV, holding the rows `keys`, stays as a cached prefix."""
         self._tick += 1
-        slot.busy, slot.last_used = False, self._tick
+        slot.keys, slot.busy, slot.last_used = keys, False, self._tick
 
     def apply_lora(self, ctx: Context, lora: str | None) -> None:
         ctx.set_adapters([(self._adapter(lora), 1.0)] if lora else [])
@@ -118,8 +118,9 @@ class Contexts:
             self.adapters[name] = Adapter(self.model, self.adapter_paths[name])
         return self.adapters[name]
 
-    def cells_used(self) -> int:
-        return sum(len(s.keys) for slots in self.slots.values() for s in slots)
+    def cells_cached(self) -> int:
+        """Cells holding the cached prefixes of idle slots."""
+        return sum(len(s.keys) for slots in self.slots.values() for s in slots if not s.busy)
 
     def busy(self) -> int:
         return sum(s.busy for slots in self.slots.values() for s in slots)

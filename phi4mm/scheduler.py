@@ -118,7 +118,6 @@ class Scheduler:
             error = exc if isinstance(exc, EngineError) else EngineError(f"decoding failed: {exc!r}")
             for seq in group:
                 if seq.slot is not None:  # what the failed call left in the KV is unknown
-                    seq.slot.keys = []
                     seq.slot.ctx.truncate(seq.slot.seq, 0)
                 self._finish(seq, error)
 
@@ -194,7 +193,6 @@ class Scheduler:
         self.stats.steps += 1
         for seq, run in planned:
             seq.pos += run.n
-            seq.slot.keys = seq.keys[:seq.pos]
             if seq.usage.completion_tokens == 0:
                 self.stats.prompt_rows += run.n
         generated = 0
@@ -246,7 +244,7 @@ class Scheduler:
 
     def _move_to_long(self, seq: Sequence) -> None:
         """Past n_orig rows: the whole sequence is re-decoded with the long factors."""
-        self.contexts.release(seq.slot)
+        self.contexts.release(seq.slot, seq.keys[:seq.pos])
         got = self.contexts.acquire("long", seq.keys, seq.lora)
         if got is None:  # cannot happen: no more sequences run than there are long slots
             raise EngineError("no long-context slot is free")
@@ -270,9 +268,9 @@ class Scheduler:
                 self.running.remove(seq)
             elif seq in self.waiting:
                 self.waiting.remove(seq)
-        if seq.slot is not None:
-            seq.slot.keys = seq.keys[:seq.pos] if error is None or isinstance(error, Cancelled) else []
-            self.contexts.release(seq.slot)
+        if seq.slot is not None:  # after a decoding failure the KV holds nothing known
+            known = error is None or isinstance(error, Cancelled)
+            self.contexts.release(seq.slot, seq.keys[:seq.pos] if known else [])
         if seq.sampler is not None:
             seq.sampler.close()
         if error is None:

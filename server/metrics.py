@@ -54,7 +54,7 @@ def _engine_metrics(engine: Any):
     yield _gauge("phi4mm_kv_slots", "KV slots per context", contexts.n_slots)
     yield _gauge("phi4mm_kv_slots_busy", "KV slots held by running sequences", contexts.busy())
     yield _gauge("phi4mm_kv_cells_used", "KV cells holding rows (running and cached prefixes)",
-                 contexts.cells_used())
+                 contexts.cells_cached() + sum(seq.pos for seq in list(engine.scheduler.running)))
     yield _gauge("phi4mm_tokens_per_second", "Tokens generated per second over the last 10 s",
                  stats.tokens_per_second(time.perf_counter()))
     yield _counter("phi4mm_completion_tokens", "Tokens generated", stats.completion_tokens)
