@@ -63,6 +63,15 @@ def system_info() -> str:
     return llama_cpp.llama_print_system_info().decode()
 
 
+def use_extra_buffers(info: str) -> bool:
+    """Whether to let llama.cpp put weights in its CPU "extra" buffer types (AMX, repacked layouts).
+    Not in a build with AMX-INT8 kernels (`system_info()` says AMX_INT8 = 1, a CPU such as Xeon
+    Sapphire Rapids): there the AMX matmul crashes (SIGSEGV) on the first decode of a Q4_K_M
+    decoder, seen with llama-cpp-python 0.3.36 on this project's test checkpoint. Without extra
+    buffers the plain CPU kernels run, and give the same logits."""
+    return "AMX_INT8 = 1" not in info
+
+
 def quantize_model(src: Path, dst: Path, quant: str, n_threads: int) -> None:
     """llama.cpp's own `llama_model_quantize` (llamacpp-notes §3): src GGUF -> dst GGUF of `quant`."""
     _backend()
@@ -81,6 +90,7 @@ class Model:
         _backend()
         params = llama_cpp.llama_model_default_params()
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        params.use_extra_bufts = use_extra_buffers(system_info())
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise ConfigError(f"llama.cpp could not load {path} as a text decoder GGUF", key=str(path))
