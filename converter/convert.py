@@ -31,10 +31,9 @@ from phi4mm.converter.write import (
     write_plan,
 )
 from phi4mm.errors import ConversionError, InputError
+from phi4mm.keys import ENCODER_TYPES, QUANTS
 
-QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 DIRECT = ("f32", "f16", "bf16")  # written as is; the others go through llama.cpp's quantizer
-ENCODER_TYPES = ("f16", "f32")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 Progress = Callable[[str, int, int], None]

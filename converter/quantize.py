@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from phi4mm import llama
 from phi4mm.converter.plan import QUANT_SIZE_RATIO as _RATIO
 from phi4mm.converter.write import partial_path
+from phi4mm.engine import llama
 
 
 def quantize_file(src: Path, dst: Path, quant: str, n_threads: int,

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from phi4mm import llama, store
-from phi4mm.engine import Engine, EngineSettings, Stream
+from phi4mm import store
+from phi4mm.engine import llama
+from phi4mm.engine.engine import Engine, EngineSettings, Stream
 from phi4mm.errors import InputError
 from phi4mm.files import ModelFiles
 from phi4mm.media import MediaLimits
 from phi4mm.params import make_params
-from phi4mm.transcribe import DEFAULT_MAX_TOKENS_PER_WINDOW, Transcript
-from phi4mm.transcription import Event, final, transcribe_events
+from phi4mm.transcribe import DEFAULT_MAX_TOKENS_PER_WINDOW, Event, Transcript, final, transcribe_events
 
 
 class Phi4MM:

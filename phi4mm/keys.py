@@ -23,3 +23,7 @@ ORIGINAL_CONTEXT_KEY = "phi3.rope.scaling.original_context_length"
 # prefixes of the encoder files' hyper-parameters
 VISION_PREFIX = "phi4mm.vision."
 AUDIO_PREFIX = "phi4mm.audio."
+
+# text decoder types `phi4mm convert --quant` writes, and the encoder files' types
+QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
+ENCODER_TYPES = ("f16", "f32")

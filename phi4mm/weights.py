@@ -1,12 +1,14 @@
 """Read an encoder GGUF file (vision or audio) into float32 numpy arrays and a metadata dict.
 
 The I/O shell of the numpy encoders (model-spec.md §6, §7): f16/bf16/quantized tensors are upcast
-to float32 once, here; the pure modules `vision` and `audio` never open files.
+to float32 once, here; the pure modules `vision` and `audio` never open files. `meta_value` reads
+their hyper-parameters out of the metadata, checked.
 """
 
 from __future__ import annotations
 
 import mmap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,17 @@ class GGUFContents:
         if name not in self.tensors:
             raise ConfigError(f"{self.path}: GGUF tensor {name!r} is missing", key=name)
         return self.tensors[name]
+
+
+def meta_value(metadata: Mapping[str, Any], prefix: str, name: str, kind: type | tuple[type, ...]) -> Any:
+    """metadata[prefix + name], checked to be of `kind` (a bool is never an int); ConfigError naming
+    the key if it is missing or of another type."""
+    key = prefix + name
+    if key not in metadata:
+        raise ConfigError(f"GGUF metadata key {key!r} is missing", key=key)
+    if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
+        raise ConfigError(f"GGUF metadata {key!r} is {metadata[key]!r}, expected {kind}", key=key)
+    return metadata[key]
 
 
 def read_gguf(path: str | Path, arch: str | None = None, keep_f16: bool = False) -> GGUFContents:

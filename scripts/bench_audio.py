@@ -20,14 +20,11 @@ a 1 s clip. Needs the 'reference' extra (torch, transformers).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import resource
 import statistics
-import time
-from pathlib import Path
 
 import numpy as np
+from bench_common import peak_rss_gb, spawned, timed, torch_state
 
 ENCODER_PREFIX = "model.embed_tokens_extend.audio_embed.encoder."
 RENAMES = ((".net.0.linear.", ".gate_up_proj."), (".net.2.", ".down_proj."),
@@ -46,28 +43,25 @@ def run_ours(gguf_path: str, mel: np.ndarray, repeats: int, keep_f16: bool = Tru
     weights = encoder.load_weights(gguf.metadata, gguf.tensors)
     del gguf
     encoder.encode_features(mel[:98], weights)  # warm-up
-    times, hidden = _timed(lambda: encoder.encode_features(mel, weights), repeats)
-    return {"times": times, "hidden": hidden, "rss_gb": _peak_rss_gb(), "weights_mb": weights.nbytes / 2**20}
+    times, hidden = timed(lambda: encoder.encode_features(mel, weights), repeats)
+    return {"times": times, "hidden": hidden, "rss_gb": peak_rss_gb(), "weights_mb": weights.nbytes / 2**20}
+
+
+def _renamed(name: str) -> str:
+    for old, new in RENAMES:
+        name = name.replace(old, new)
+    return name
 
 
 def run_torch(checkpoint: str, dims: dict, mel: np.ndarray, repeats: int, threads: int) -> dict:
     import torch
-    from safetensors import safe_open
     from transformers import Phi4MultimodalAudioConfig, Phi4MultimodalAudioModel
 
     torch.set_num_threads(threads)
     config = Phi4MultimodalAudioConfig(**dims)
     config._attn_implementation = "eager"
     model = Phi4MultimodalAudioModel(config).float().eval()
-    state = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                if key.startswith(ENCODER_PREFIX):
-                    name = key[len(ENCODER_PREFIX):]
-                    for old, new in RENAMES:
-                        name = name.replace(old, new)
-                    state[name] = f.get_tensor(key).float()
+    state = torch_state(checkpoint, ENCODER_PREFIX, _renamed)
     model.load_state_dict(state, strict=True)
     del state
     features = torch.from_numpy(mel)[None]
@@ -78,37 +72,8 @@ def run_torch(checkpoint: str, dims: dict, mel: np.ndarray, repeats: int, thread
 
     with torch.no_grad():
         model(features[:, :98], None)  # warm-up
-    times, hidden = _timed(encode, repeats)
-    return {"times": times, "hidden": hidden.numpy(), "rss_gb": _peak_rss_gb()}
-
-
-def _timed(fn, repeats: int) -> tuple[list[float], object]:
-    """Wall times of `repeats` calls and the last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return times, result
-
-
-def _spawned(fn, *args, env: dict[str, str]):
-    """fn(*args) in a fresh spawned process whose environment adds `env` (read at numpy import)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    times, hidden = timed(encode, repeats)
+    return {"times": times, "hidden": hidden.numpy(), "rss_gb": peak_rss_gb()}
 
 
 def make_mel(seconds: float) -> np.ndarray:
@@ -143,11 +108,11 @@ def main() -> None:
     mel = make_mel(args.seconds)
     env = {"OPENBLAS_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
     load = [os.getloadavg()[0]]
-    ours = _spawned(run_ours, args.gguf, mel, args.repeats, env=env)
+    ours = spawned(run_ours, args.gguf, mel, args.repeats, env=env)
     load.append(os.getloadavg()[0])
-    ours32 = _spawned(run_ours, args.gguf, mel, args.repeats, False, env=env)
+    ours32 = spawned(run_ours, args.gguf, mel, args.repeats, False, env=env)
     load.append(os.getloadavg()[0])
-    ref = _spawned(run_torch, args.checkpoint, dims, mel, args.repeats, args.threads, env=env)
+    ref = spawned(run_torch, args.checkpoint, dims, mel, args.repeats, args.threads, env=env)
     load.append(os.getloadavg()[0])
     diff = np.abs(ours["hidden"] - ref["hidden"]).max() / np.abs(ref["hidden"]).max()
     torch_s = statistics.median(ref["times"])

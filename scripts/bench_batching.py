@@ -82,8 +82,8 @@ def aggregate_tps(model: Phi4MM, n_streams: int, run: int, max_tokens: int) -> f
 def raw_decode_tps(model_dir: Path, counts: list[int], steps: int = 24) -> dict[int, float]:
     """llama.cpp alone, no scheduler: tokens/s of llama_decode calls holding one new token for
     each of n sequences (positions 16.., after a 16-token prompt each): the ceiling batching meets."""
+    from phi4mm.engine.llama import Context, ContextSettings, Model, TokenRow
     from phi4mm.files import ModelFiles
-    from phi4mm.llama import Context, ContextSettings, Model, TokenRow
 
     files = ModelFiles.from_dir(model_dir)
     out = {}

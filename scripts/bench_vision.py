@@ -9,7 +9,7 @@ CKPT_DIR is a full-size hub-layout checkpoint (scripts/make_checkpoint.py DIR --
 reads its `img_processor` tensors (bf16 -> fp32) into transformers' Phi4MultimodalVisionModel with
 the dimensions of the GGUF (so400m at full size), truncated to the layers phi4mm runs.
 VISION_GGUF is its converted vision file (f16 as shipped, e.g. `phi4mm convert`'s
-phi4mm-vision-f16.gguf). The crops come from phi4mm.image.preprocess of a random image of the
+phi4mm-vision-f16.gguf). The crops come from phi4mm.vision.preprocess of a random image of the
 given size (1000x666: 7 crops). --also-coretype SkylakeX adds a row for our tower with OpenBLAS's
 AVX-512 kernels (the environment may pin OPENBLAS_CORETYPE=Haswell); --also-workers 2 a row for
 our tower with n_workers=2 threads over a single-threaded BLAS.
@@ -22,39 +22,35 @@ Needs the 'reference' extra (torch, transformers).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import resource
 import statistics
-import time
-from pathlib import Path
 
 import numpy as np
+from bench_common import peak_rss_gb, spawned, timed, torch_state
 
 
 def run_ours(gguf_path: str, pixels: np.ndarray, mask: np.ndarray, grid: tuple[int, int],
              n_tokens: int, repeats: int, whole_image: bool, n_workers: int = 1,
              keep_f16: bool = False) -> dict:
     """keep_f16: layer matrices stay float16 in memory, upcast per crop group (as the engine loads them)."""
-    from phi4mm import vision
-    from phi4mm.image import ImageCrops
+    from phi4mm.vision import encoder as vision
+    from phi4mm.vision.preprocess import ImageCrops
     from phi4mm.weights import read_gguf
 
     gguf = read_gguf(gguf_path, "phi4mm-vision", keep_f16=keep_f16)
     weights = vision.load_weights(gguf.metadata, gguf.tensors)
     del gguf
     vision.siglip_features(pixels[:1], mask[:1], weights, n_workers=n_workers)  # warm-up
-    tower, features = _timed(lambda: vision.siglip_features(pixels, mask, weights,
+    tower, features = timed(lambda: vision.siglip_features(pixels, mask, weights,
                                                             n_workers=n_workers), repeats)
     crops = ImageCrops(pixels, mask, grid, n_tokens)
-    image = _timed(lambda: vision.encode_image(crops, weights), repeats)[0] if whole_image else None
-    return {"tower": tower, "image": image, "features": features, "rss_gb": _peak_rss_gb()}
+    image = timed(lambda: vision.encode_image(crops, weights), repeats)[0] if whole_image else None
+    return {"tower": tower, "image": image, "features": features, "rss_gb": peak_rss_gb()}
 
 
 def run_torch(checkpoint: str, dims: dict, pixels: np.ndarray, mask: np.ndarray, repeats: int,
               threads: int) -> dict:
     import torch
-    from safetensors import safe_open
     from transformers import Phi4MultimodalVisionConfig, Phi4MultimodalVisionModel
 
     torch.set_num_threads(threads)
@@ -63,12 +59,7 @@ def run_torch(checkpoint: str, dims: dict, pixels: np.ndarray, mask: np.ndarray,
     config._attn_implementation = "eager"  # the SDPA path is causal (reference-notes.md §5.1)
     model = Phi4MultimodalVisionModel(config).float().eval()
     prefix = "model.embed_tokens_extend.image_embed.img_processor."
-    state = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                if key.startswith(prefix) and _layer_of(key[len(prefix):]) < n_layers:
-                    state[key[len(prefix):]] = f.get_tensor(key).float()
+    state = torch_state(checkpoint, prefix, lambda name: name if _layer_of(name) < n_layers else None)
     model.load_state_dict(state, strict=True)
     del state
     px, pm = torch.from_numpy(pixels), torch.from_numpy(mask)
@@ -79,8 +70,8 @@ def run_torch(checkpoint: str, dims: dict, pixels: np.ndarray, mask: np.ndarray,
 
     with torch.no_grad():
         model(px[:1], patch_attention_mask=pm[:1])  # warm-up
-    times, features = _timed(tower, repeats)
-    return {"tower": times, "features": features.numpy(), "rss_gb": _peak_rss_gb()}
+    times, features = timed(tower, repeats)
+    return {"tower": times, "features": features.numpy(), "rss_gb": peak_rss_gb()}
 
 
 def _layer_of(name: str) -> int:
@@ -88,39 +79,10 @@ def _layer_of(name: str) -> int:
     return int(parts[2]) if parts[:2] == ["encoder", "layers"] else -1
 
 
-def _timed(fn, repeats: int) -> tuple[list[float], object]:
-    """Wall times of `repeats` calls and the last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return times, result
-
-
-def _spawned(fn, *args, env: dict[str, str]):
-    """fn(*args) in a fresh spawned process whose environment adds `env` (read at numpy import)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def make_crops(size: str):
     from PIL import Image
 
-    from phi4mm.image import preprocess
+    from phi4mm.vision.preprocess import preprocess
 
     width, height = (int(v) for v in size.lower().split("x"))
     rng = np.random.default_rng(0)
@@ -142,7 +104,7 @@ def main() -> None:
                         "this many n_workers over a single-threaded BLAS")
     args = parser.parse_args()
 
-    from phi4mm.vision import VisionConfig
+    from phi4mm.vision.encoder import VisionConfig
     from phi4mm.weights import read_gguf
     cfg = VisionConfig.from_metadata(read_gguf(args.gguf, "phi4mm-vision").metadata)
     n_layers = cfg.n_layers
@@ -154,12 +116,12 @@ def main() -> None:
     env = {"OPENBLAS_NUM_THREADS": str(args.threads)}
     data = (crops.pixels_nchw, crops.patch_mask)
     load = [os.getloadavg()[0]]
-    ours = _spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, True, env=env)
+    ours = spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, True, env=env)
     load.append(os.getloadavg()[0])
-    ours16 = _spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, True, 1, True,
+    ours16 = spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, True, 1, True,
                       env=env)
     load.append(os.getloadavg()[0])
-    ref = _spawned(run_torch, args.checkpoint, dims, *data, args.repeats, args.threads, env=env)
+    ref = spawned(run_torch, args.checkpoint, dims, *data, args.repeats, args.threads, env=env)
     load.append(os.getloadavg()[0])
     coretype = os.environ.get("OPENBLAS_CORETYPE", "auto")
     rows = [("torch fp32 eager, SigLIP tower", ref["tower"], ref["rss_gb"]),
@@ -168,12 +130,12 @@ def main() -> None:
             ("phi4mm tower, f16 weights kept", ours16["tower"], ours16["rss_gb"]),
             ("phi4mm encode_image, f16 kept", ours16["image"], ours16["rss_gb"])]
     if args.also_coretype:
-        other = _spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, False,
+        other = spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, False,
                          env={**env, "OPENBLAS_CORETYPE": args.also_coretype})
         load.append(os.getloadavg()[0])
         rows.append((f"phi4mm tower ({args.also_coretype} BLAS)", other["tower"], other["rss_gb"]))
     if args.also_workers:
-        other = _spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, False,
+        other = spawned(run_ours, args.gguf, *data, crops.grid, crops.n_tokens, args.repeats, False,
                          args.also_workers, env={"OPENBLAS_NUM_THREADS": "1"})
         load.append(os.getloadavg()[0])
         rows.append((f"phi4mm tower ({args.also_workers} workers, BLAS 1)", other["tower"],

@@ -167,7 +167,7 @@ def test_should_stop_before_any_work(model_f32):
 def test_extra_buffer_types_are_off_in_a_build_with_amx():
     """llama.cpp's AMX matmul crashes on a Q4_K_M decoder (the quantized test above, on a Xeon with
     AMX-INT8); its extra buffer types are turned off in such a build, kept elsewhere."""
-    from phi4mm import llama
+    from phi4mm.engine import llama
 
     assert not llama.use_extra_buffers("CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 | ")
     assert llama.use_extra_buffers("CPU : AVX2 = 1 | AVX512 = 1 | REPACK = 1 | ")

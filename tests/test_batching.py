@@ -1,4 +1,4 @@
-"""Continuous batching in the Python API (phi4mm/scheduler.py): a request's logits and greedy output
+"""Continuous batching in the Python API (phi4mm/engine/scheduler.py): a request's logits and greedy output
 are the same alone and batched with others of mixed modality and length; several streams interleave
 on one thread or many; a closed, dropped or abandoned stream frees its sequence; cached prefixes
 are reused only under the same adapter set; the LongRoPE crossing works under batching.

@@ -12,8 +12,8 @@ PACKAGE_FILES = sorted([*ROOT.glob("phi4mm/**/*.py"), *ROOT.glob("converter/**/*
                         *ROOT.glob("server/**/*.py")])
 
 ALLOWED = {  # library -> files that may import it
-    "llama_cpp": {"phi4mm/llama.py"},
-    "PIL": {"phi4mm/media/image.py", "phi4mm/image.py"},
+    "llama_cpp": {"phi4mm/engine/llama.py"},
+    "PIL": {"phi4mm/media/image.py", "phi4mm/vision/preprocess.py"},
     "av": {"phi4mm/media/audio.py"},
     "soundfile": {"phi4mm/media/audio.py"},
     "starlette": {str(p.relative_to(ROOT)) for p in ROOT.glob("server/**/*.py")},
@@ -21,10 +21,10 @@ ALLOWED = {  # library -> files that may import it
     "prometheus_client": {"server/metrics.py"},
     "torch": set(),
     "transformers": set(),
-    "tokenizers": {"phi4mm/tokenizer.py", "converter/pretokenizer.py"},
+    "tokenizers": {"phi4mm/engine/tokenizer.py", "converter/pretokenizer.py"},
 }
-PURE = {"phi4mm/image.py", "phi4mm/vision.py", "phi4mm/prompt.py", "phi4mm/params.py",
-        "phi4mm/streaming.py", "converter/names.py"}  # numpy + standard library (+ Pillow resize)
+PURE = {"phi4mm/vision/preprocess.py", "phi4mm/vision/encoder.py", "phi4mm/prompt.py", "phi4mm/params.py",
+        "phi4mm/engine/streaming.py", "converter/names.py"}  # numpy + standard library (+ Pillow resize)
 
 
 def imported_modules(path: Path) -> set[str]:

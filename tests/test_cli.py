@@ -111,7 +111,7 @@ class FakeModel:
 
 
 def test_chat_keeps_history_with_images_and_audio(tmp_path: Path):
-    from phi4mm.chat_cli import Chat, build_run_args, interactive
+    from phi4mm.cli.chat import Chat, build_run_args, interactive
 
     picture, clip = tmp_path / "p.png", tmp_path / "c.wav"
     picture.write_bytes(b"not read by the fake")

@@ -130,7 +130,7 @@ KILLED_CHILD = """
 import sys
 from pathlib import Path
 
-from phi4mm import llama
+from phi4mm.engine import llama
 from phi4mm.converter.convert import convert
 
 real = llama.quantize_model

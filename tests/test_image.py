@@ -9,7 +9,7 @@ from PIL import Image
 from reference_image import make_picture, reference_preprocess
 
 from phi4mm.errors import InputError
-from phi4mm.image import (
+from phi4mm.vision.preprocess import (
     CROP_PX,
     ImageCrops,
     _aspect_candidates,

@@ -30,9 +30,9 @@ def o200k(tmp_path_factory):
     from tokenizers import Tokenizer as HFTokenizer
 
     from phi4mm.converter.convert import convert
+    from phi4mm.engine.llama import Model
+    from phi4mm.engine.tokenizer import Tokenizer
     from phi4mm.files import ModelFiles
-    from phi4mm.llama import Model
-    from phi4mm.tokenizer import Tokenizer
 
     ckpt = write_checkpoint(tmp_path_factory.mktemp("o200k-ckpt"), size="tiny", tokenizer="o200k")
     out = tmp_path_factory.mktemp("o200k-gguf")

@@ -27,8 +27,7 @@ from phi4mm.audio.features import n_audio_tokens, n_frames
 from phi4mm.media import MediaLimits
 from phi4mm.server.app import create_app
 from phi4mm.server.settings import ServerSettings
-from phi4mm.transcribe import Segment, to_srt, to_vtt
-from phi4mm.transcription import transcribe_events
+from phi4mm.transcribe import Segment, to_srt, to_vtt, transcribe_events
 
 RATE = 16_000
 KEY = "sesame"

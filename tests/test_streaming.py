@@ -1,6 +1,6 @@
 """Incremental UTF-8 and stop-string scanning."""
 
-from phi4mm.streaming import StopScanner, Utf8Stream
+from phi4mm.engine.streaming import StopScanner, Utf8Stream
 
 
 def feed_all(scanner, pieces):

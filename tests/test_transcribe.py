@@ -189,7 +189,7 @@ class FakeModel:
 
 def test_driver_sends_one_chat_per_window():
     from phi4mm.media import MediaLimits, Waveform
-    from phi4mm.transcription import transcribe_events
+    from phi4mm.transcribe import transcribe_events
 
     samples = speech_like(75.0, [(26.0, 27.0, 0.0), (53.0, 53.6, 0.0)])
     model = FakeModel()
@@ -214,7 +214,7 @@ def test_driver_sends_one_chat_per_window():
 def test_driver_checks_before_any_output():
     from phi4mm.errors import MediaError
     from phi4mm.media import MediaLimits
-    from phi4mm.transcription import transcribe_events
+    from phi4mm.transcribe import transcribe_events
 
     model = FakeModel()
     with pytest.raises(InputError):

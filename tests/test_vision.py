@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phi4mm import nn, vision
+from phi4mm import nn
 from phi4mm.errors import ConfigError
-from phi4mm.image import ImageCrops
+from phi4mm.vision import encoder as vision
+from phi4mm.vision.preprocess import ImageCrops
 from phi4mm.weights import read_gguf
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,6 +14,7 @@ import numpy as np
 from phi4mm import keys, nn
 from phi4mm.audio import features
 from phi4mm.errors import ConfigError
+from phi4mm.weights import meta_value
 
 F32 = np.float32
 KEY = keys.AUDIO_PREFIX
@@ -53,13 +54,13 @@ class AudioConfig:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> AudioConfig:
-        ints = {n: _meta(metadata, n, int) for n in (
+        ints = {n: meta_value(metadata, KEY, n, int) for n in (
             "attention_dim", "n_heads", "linear_units", "n_blocks", "input_size", "kernel_size",
             "conv_channels", "time_reduction", "bias_max_distance", "text_hidden_size")}
         for name, value in ints.items():
             if value < 1:
                 raise ConfigError(f"{KEY}{name} is {value}, expected a positive integer", key=KEY + name)
-        config = cls(**ints, layer_norm_eps=float(_meta(metadata, "layer_norm_eps", (int, float))))
+        config = cls(**ints, layer_norm_eps=float(meta_value(metadata, KEY, "layer_norm_eps", (int, float))))
         if config.time_reduction != 2 ** N_STRIDES:
             raise ConfigError(f"{KEY}time_reduction is {config.time_reduction}, expected {2 ** N_STRIDES} "
                               "(three stride-2 convolutions)", key=KEY + "time_reduction")
@@ -70,15 +71,6 @@ class AudioConfig:
             raise ConfigError(f"{KEY}input_size is {config.input_size}, expected {features.N_MELS} "
                               "mel bins", key=KEY + "input_size")
         return config
-
-
-def _meta(metadata: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    key = KEY + name
-    if key not in metadata:
-        raise ConfigError(f"audio GGUF metadata key {key!r} is missing", key=key)
-    if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
-        raise ConfigError(f"audio GGUF metadata {key!r} is {metadata[key]!r}, expected {kind}", key=key)
-    return metadata[key]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phi4mm.encoders import Span
-from phi4mm.llama import Adapter, Context, ContextSettings, Model
+from phi4mm.engine.encoders import Span
+from phi4mm.engine.llama import Adapter, Context, ContextSettings, Model
 
 Item = int | Span
 

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phi4mm import image as image_mod
-from phi4mm import keys, media, vision
+from phi4mm import keys, media
 from phi4mm.audio import encoder as audio_encoder
-from phi4mm.cache import RowCache
+from phi4mm.engine.cache import RowCache
 from phi4mm.errors import Cancelled
 from phi4mm.files import ModelFiles
 from phi4mm.modes import Mode
 from phi4mm.prompt import MediaRef
+from phi4mm.vision import encoder as vision_encoder
+from phi4mm.vision import preprocess
 from phi4mm.weights import read_gguf
 
 
@@ -36,7 +37,7 @@ class Encoders:
         self.files = files
         self.cache = RowCache(cache_bytes)
         self.dynamic_hd = dynamic_hd          # None: the checkpoint's value (36 for the real model)
-        self._vision: vision.VisionWeights | None = None
+        self._vision: vision_encoder.VisionWeights | None = None
         self._audio: audio_encoder.AudioWeights | None = None
         self._checkpoint_dynamic_hd = 0
 
@@ -65,8 +66,8 @@ class Encoders:
     def _image(self, ref: MediaRef, dynamic_hd: int | None, limits: media.MediaLimits) -> Span:
         picture = media.load_image(ref.source, limits)
         hd = self._dynamic_hd(dynamic_hd, ref.detail)
-        key = f"image:{image_mod.content_key(picture)}:{hd}"
-        return self._cached(key, lambda: vision.encode_image(image_mod.preprocess(picture, hd), self.vision))
+        key = f"image:{preprocess.content_key(picture)}:{hd}"
+        return self._cached(key, lambda: vision_encoder.encode_image(preprocess.preprocess(picture, hd), self.vision))
 
     def _dynamic_hd(self, requested: int | None, detail: str | None) -> int:
         """Crops limit for one image: the request's, the model's, else the checkpoint's (36)."""
@@ -79,12 +80,12 @@ class Encoders:
         return hd
 
     @property
-    def vision(self) -> vision.VisionWeights:
+    def vision(self) -> vision_encoder.VisionWeights:
         """The vision encoder's float32 weights, loaded on the first image."""
         if self._vision is None:
             contents = read_gguf(self.files.vision, keys.VISION_ARCH, keep_f16=True)
             self._checkpoint_dynamic_hd = int(contents.value(keys.VISION_PREFIX + "dynamic_hd"))
-            self._vision = vision.load_weights(contents.metadata, contents.tensors)
+            self._vision = vision_encoder.load_weights(contents.metadata, contents.tensors)
         return self._vision
 
     # -- audio (§7) --------------------------------------------------------------------------

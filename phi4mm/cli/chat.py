@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import TextIO
 
-from phi4mm import store
+from phi4mm.cli.loading import add_model_arguments, load_model
 from phi4mm.errors import InputError
 
 HELP = ("/image PATH or /audio PATH attaches an image or an audio clip to your next message, "
@@ -21,15 +20,11 @@ Attachment = tuple[str, Path]  # ("image" or "audio", file)
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("prompt", nargs="?", help="answer this and exit (default: interactive chat)")
-    add("--model", default=store.DEFAULT_MODEL, help="hub repo id, hub-layout or converted "
-        f"directory (default {store.DEFAULT_MODEL})")
-    add("--quant", default=None, help=f"text decoder type when converting (default {store.DEFAULT_QUANT})")
     add("--image", action="append", default=[], metavar="PATH", help="image file (repeatable)")
     add("--audio", action="append", default=[], metavar="PATH",
         help="audio file: wav, mp3, flac, ogg, m4a, webm ... (repeatable)")
     add("--system", default=None, help="system message")
-    add("--n-ctx", type=int, default=8192, help="context window in tokens (default 8192)")
-    add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add_model_arguments(parser, n_ctx=8192, n_ctx_help="default 8192")
     add("--max-tokens", type=int, default=None, help="most tokens per answer (default: no limit)")
     add("--temperature", type=float, default=None, help="sampling temperature (default 0.8)")
     add("--top-p", type=float, default=None)
@@ -46,20 +41,6 @@ def run_from_args(args: argparse.Namespace) -> int:
             Chat(model, args).ask(args.prompt, attached)
             return 0
         return interactive(Chat(model, args), attached)
-
-
-def load_model(args: argparse.Namespace):
-    """Locate (download, convert) with progress, then load; both reported on stderr."""
-    from phi4mm.api import Phi4MM
-    from phi4mm.progress import ProgressPrinter
-
-    files = store.locate(args.model, args.quant, progress=ProgressPrinter(), n_threads=args.threads)
-    started = time.perf_counter()
-    print(f"phi4mm: loading {files.root} ...", file=sys.stderr, flush=True)
-    model = Phi4MM.from_pretrained(files.root, n_ctx=args.n_ctx, n_threads=args.threads,
-                                   dynamic_hd=getattr(args, "dynamic_hd", None))
-    print(f"phi4mm: loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    return model
 
 
 class Chat:

@@ -21,10 +21,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from phi4mm.contexts import Contexts
+from phi4mm.engine.contexts import Contexts
+from phi4mm.engine.llama import EmbeddingRun, Model, TokenRow
+from phi4mm.engine.sequence import END, Chunk, Run, Sequence
 from phi4mm.errors import Cancelled, EngineError
-from phi4mm.llama import EmbeddingRun, Model, TokenRow
-from phi4mm.sequence import END, Chunk, Run, Sequence
 
 RATE_WINDOW_S = 10.0
 

@@ -15,9 +15,10 @@ import numpy as np
 
 from phi4mm import nn
 from phi4mm.errors import ConfigError
+from phi4mm.weights import meta_value
 
 if TYPE_CHECKING:  # only its attributes are read: importing vision must not import Pillow
-    from phi4mm.image import ImageCrops
+    from phi4mm.vision.preprocess import ImageCrops
 
 F32 = np.float32
 KEY = "phi4mm.vision."
@@ -53,28 +54,19 @@ class VisionConfig:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> VisionConfig:
         for name, allowed in SUPPORTED.items():
-            if _meta(metadata, name, str) not in allowed:
+            if meta_value(metadata, KEY, name, str) not in allowed:
                 raise ConfigError(f"{KEY}{name} is {metadata[KEY + name]!r}, expected one of {allowed}",
                                   key=KEY + name)
-        ints = {n: _meta(metadata, n, int) for n in ("hidden_size", "intermediate_size", "n_layers",
+        ints = {n: meta_value(metadata, KEY, n, int) for n in ("hidden_size", "intermediate_size", "n_layers",
                                                      "n_heads", "image_size", "patch_size",
                                                      "text_hidden_size")}
-        config = cls(**ints, layer_norm_eps=float(_meta(metadata, "layer_norm_eps", (int, float))))
+        config = cls(**ints, layer_norm_eps=float(meta_value(metadata, KEY, "layer_norm_eps", (int, float))))
         c = config
         if c.hidden_size % c.n_heads or c.side % 2 or c.side * c.patch_size != c.image_size:
             raise ConfigError(f"vision hidden_size {c.hidden_size} / n_heads {c.n_heads} / image_size "
                               f"{c.image_size} / patch_size {c.patch_size} are inconsistent",
                               key=KEY + "hidden_size")
         return config
-
-
-def _meta(metadata: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    key = KEY + name
-    if key not in metadata:
-        raise ConfigError(f"vision GGUF metadata key {key!r} is missing", key=key)
-    if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
-        raise ConfigError(f"vision GGUF metadata {key!r} is {metadata[key]!r}, expected {kind}", key=key)
-    return metadata[key]
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phi4mm.contexts import Item, Slot, row_keys
-from phi4mm.encoders import Span
-from phi4mm.llama import Sampler
+from phi4mm.engine.contexts import Item, Slot, row_keys
+from phi4mm.engine.encoders import Span
+from phi4mm.engine.llama import Sampler
+from phi4mm.engine.streaming import StopScanner, Utf8Stream
 from phi4mm.modes import Mode
 from phi4mm.params import GenerationParams
-from phi4mm.streaming import StopScanner, Utf8Stream
 from phi4mm.usage import Usage
 
 END = object()  # the last thing a sink receives (after the final Chunk, the logits, or an exception)

@@ -14,18 +14,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from phi4mm import keys, malloc, media
-from phi4mm.contexts import Contexts, Item, n_rows
-from phi4mm.encoders import Encoders, Span
+from phi4mm import keys, media
+from phi4mm.engine import malloc
+from phi4mm.engine.contexts import Contexts, Item, n_rows
+from phi4mm.engine.encoders import Encoders, Span
+from phi4mm.engine.llama import ContextSettings, Model, Sampler, SamplerSettings, StopCheck
+from phi4mm.engine.scheduler import Scheduler
+from phi4mm.engine.sequence import END, Chunk, Sequence
+from phi4mm.engine.tokenizer import Tokenizer
 from phi4mm.errors import ContextOverflowError, EngineError, InputError
 from phi4mm.files import ModelFiles
-from phi4mm.llama import ContextSettings, Model, Sampler, SamplerSettings, StopCheck
 from phi4mm.modes import Mode
 from phi4mm.params import GenerationParams
 from phi4mm.prompt import KINDS, MediaRef, build_prompt
-from phi4mm.scheduler import Scheduler
-from phi4mm.sequence import END, Chunk, Sequence
-from phi4mm.tokenizer import Tokenizer
 from phi4mm.usage import Usage
 
 __all__ = ["Chunk", "Engine", "EngineSettings", "Prepared", "Stream", "Usage"]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from phi4mm import store
+from phi4mm.cli.loading import add_model_arguments, load_model
 from phi4mm.transcribe import DEFAULT_MAX_TOKENS_PER_WINDOW, FORMATS, Segment, Transcript, Window, render
 
 
@@ -22,20 +22,13 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     add("--language", metavar="LANG", default=None, help="the spoken language, as a hint (name or code)")
     add("--prompt", default=None, help="context for the model, sent as the system message of every window")
     add("--format", choices=FORMATS, default="text", help="output format (default text)")
-    add("--model", default=store.DEFAULT_MODEL, help="hub repo id, hub-layout or converted "
-        f"directory (default {store.DEFAULT_MODEL})")
-    add("--quant", default=None, help=f"text decoder type when converting (default {store.DEFAULT_QUANT})")
-    add("--n-ctx", type=int, default=4096, help="context window in tokens (default 4096: a 30 s window "
-        "takes 375 rows)")
-    add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add_model_arguments(parser, n_ctx=4096, n_ctx_help="default 4096: a 30 s window takes 375 rows")
     add("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     add("--max-tokens-per-window", type=int, default=DEFAULT_MAX_TOKENS_PER_WINDOW,
         help=f"most tokens generated per window (default {DEFAULT_MAX_TOKENS_PER_WINDOW})")
 
 
 def transcribe_from_args(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from phi4mm.chat_cli import load_model
-
     model = load_model(args)
     with model:
         events = model.transcribe_stream(Path(args.file), translate_to=args.translate_to,

@@ -1,5 +1,5 @@
 """Transcription and translation of audio of any length on top of chat completions: the clip is
-split into windows of at most 30 s (phi4mm.transcribe.plan_windows) and each window is one chat
+split into windows of at most 30 s (windows.plan_windows) and each window is one chat
 completion with the window's audio and the model card's instruction (the speech LoRA, since the
 request holds audio only). Windows are independent: no text carries over from one to the next."""
 
@@ -12,18 +12,11 @@ from phi4mm import media
 from phi4mm.errors import InputError
 from phi4mm.media import MediaLimits, Waveform
 from phi4mm.params import make_params
-from phi4mm.transcribe import (
-    DEFAULT_MAX_TOKENS_PER_WINDOW,
-    Delta,
-    Segment,
-    Transcript,
-    TranscriptText,
-    Window,
-    instruction,
-    language_name,
-    plan_windows,
-)
+from phi4mm.transcribe.instructions import instruction, language_name
+from phi4mm.transcribe.results import Delta, Segment, Transcript, TranscriptText, Window
+from phi4mm.transcribe.windows import plan_windows
 
+DEFAULT_MAX_TOKENS_PER_WINDOW = 512  # ~30 s of fast speech is ~150 tokens; translations run longer
 Event = Window | Delta | Segment | Transcript
 
 

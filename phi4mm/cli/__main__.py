@@ -1,0 +1,7 @@
+"""`python -m phi4mm.cli ...`, the same as the `phi4mm` command."""
+
+import sys
+
+from phi4mm.cli.main import main
+
+sys.exit(main())

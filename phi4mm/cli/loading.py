@@ -1,0 +1,34 @@
+"""What `phi4mm run` and `phi4mm transcribe` share: the flags that pick and load a model, and loading
+it with progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from phi4mm import store
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, n_ctx: int, n_ctx_help: str) -> None:
+    """--model, --quant, --n-ctx (default `n_ctx`) and --threads."""
+    add = parser.add_argument
+    add("--model", default=store.DEFAULT_MODEL, help="hub repo id, hub-layout or converted "
+        f"directory (default {store.DEFAULT_MODEL})")
+    add("--quant", default=None, help=f"text decoder type when converting (default {store.DEFAULT_QUANT})")
+    add("--n-ctx", type=int, default=n_ctx, help=f"context window in tokens ({n_ctx_help})")
+    add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+
+
+def load_model(args: argparse.Namespace):
+    """Locate (download, convert) with progress, then load; both reported on stderr."""
+    from phi4mm.api import Phi4MM
+    from phi4mm.progress import ProgressPrinter
+
+    files = store.locate(args.model, args.quant, progress=ProgressPrinter(), n_threads=args.threads)
+    started = time.perf_counter()
+    print(f"phi4mm: loading {files.root} ...", file=sys.stderr, flush=True)
+    model = Phi4MM.from_pretrained(files.root, n_ctx=args.n_ctx, n_threads=args.threads,
+                                   dynamic_hd=getattr(args, "dynamic_hd", None))
+    print(f"phi4mm: loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return model
