@@ -4,7 +4,13 @@ on one thread or many; a closed, dropped or abandoned stream frees its sequence;
 are reused only under the same adapter set; the LongRoPE crossing works under batching.
 
 Tolerance: the parity tolerance (max|Δlogit| / max|logit| <= 5e-3) with the same argmax; the
-negative control shows two different requests are far apart on that measure.
+negative control shows two different requests are far apart on that measure. Measured with
+scripts/measure_drift.py (tiny f32, Xeon with AVX-512 and AMX): a request batched with three others
+of mixed modality gives bitwise the same logits as alone; the largest drift of any batch-shape
+change seen is 8.1e-5 (KV prefix reuse, conftest.REUSE_TOLERANCE), 60x under 5e-3. Greedy text
+is compared exactly: it stays the same while every step's gap between the best and second-best
+logit exceeds the drift; along these requests' 12-token greedy paths the smallest gap is 4.7e-4 of
+max|logit| (the text request), 6x the largest drift seen.
 """
 
 from __future__ import annotations
