@@ -38,9 +38,11 @@ class Phi4MM:
                         media_limits: MediaLimits | None = None, flash_attn: bool = False,
                         use_mmap: bool = False, cache_dir: str | Path | None = None,
                         encoder_type: str = "f16", n_parallel: int = 1, prefill_chunk: int = 8,
+                        media_workers: int = 0,
                         progress: Callable[[str, int, int], None] | None = None) -> Phi4MM:
         """Load a converted directory, or convert a hub-layout directory / hub repo id once
-        (into `cache_dir`, default ~/.cache/phi4mm) and load that."""
+        (into `cache_dir`, default ~/.cache/phi4mm) and load that. `media_workers` > 0 decodes
+        encoded images and audio in that many worker processes (phi4mm.media.isolation)."""
         if not isinstance(n_ctx, int) or n_ctx < 16:
             raise InputError(f"n_ctx is {n_ctx!r}, expected an integer >= 16", param="n_ctx")
         files = store.locate(model, quant, encoder_type, cache_dir, progress, n_threads)
@@ -48,7 +50,7 @@ class Phi4MM:
                                   use_mmap=use_mmap, dynamic_hd=dynamic_hd,
                                   media_cache_bytes=media_cache_mb << 20,
                                   media_limits=media_limits or MediaLimits(), n_parallel=n_parallel,
-                                  prefill_chunk=prefill_chunk)
+                                  prefill_chunk=prefill_chunk, media_workers=media_workers)
         return cls(files, settings, name=str(model))
 
     def create_chat_completion(self, messages: Any, max_tokens: int | None = None,
@@ -102,7 +104,7 @@ class Phi4MM:
         return transcribe_events(self, audio, media_limits or self.engine.settings.media_limits,
                                  translate_to=translate_to, language=language, prompt=prompt,
                                  temperature=temperature, max_tokens_per_window=max_tokens_per_window,
-                                 should_stop=should_stop)
+                                 should_stop=should_stop, load_audio=self.engine.media.load_audio)
 
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenizer.encode(text)

@@ -76,7 +76,7 @@ async def read_audio_request(request: Request, service: Service, translate: bool
     finally:
         await form.close()
     name = upload.filename or "upload"
-    waveform = await run_in_threadpool(media.decode_audio, data, service.settings.media_limits,
+    waveform = await run_in_threadpool(service.media.decode_audio, data, service.settings.media_limits,
                                        f"the uploaded file {name!r}", PurePath(name).suffix[1:].lower() or None)
     return AudioRequest(waveform, **fields)
 

@@ -30,6 +30,9 @@ class Service:
         self.name = settings.model
         self.started = int(time.time())
         self.metrics = Metrics(self)
+        self.media = media.media_loader(settings.media_workers, deadline_s=settings.media_deadline_s,
+                                        cpu_s=2 * settings.media_deadline_s,
+                                        memory_mb=settings.media_worker_memory_mb)
         self.worker = Worker(settings.max_queue, settings.parallel, settings.max_queued_media_mb << 20,
                              on_start=self.metrics.queue_wait.observe)
 
@@ -48,10 +51,10 @@ class Service:
 
     def _load(self, ref: MediaRef, held: list[int]):
         if ref.kind == "image":
-            picture = media.load_image(ref.source, self.settings.media_limits)
+            picture = self.media.load_image(ref.source, self.settings.media_limits)
             held.append(picture.width * picture.height * len(picture.getbands()))
             return picture
-        clip = media.load_audio(ref.source, self.settings.media_limits)
+        clip = self.media.load_audio(ref.source, self.settings.media_limits)
         held.append(clip.samples.nbytes)
         return clip
 
@@ -69,9 +72,10 @@ class Service:
         return {"status": status, "model": self.name, "model_loaded": True,
                 "queued": self.worker.queued, "in_flight": self.worker.in_flight,
                 "parallel": self.worker.parallel, "max_queue": self.worker.max_queue,
-                "cancelled": self.worker.n_cancelled}
+                "cancelled": self.worker.n_cancelled, "media_decoders": self.media.health()}
 
     def close(self) -> None:
         """Stop the worker; free the engine only once its thread has ended."""
         if self.worker.close(self.settings.shutdown_timeout_s):
             self.engine.close()
+        self.media.close()

@@ -35,10 +35,14 @@ class ServerSettings:
     shutdown_timeout_s: float = 10.0    # in-flight requests get this long, then are cancelled
     warmup: bool = True                 # one decode at start-up
     ui: bool = True                     # the chat page at / (--no-ui: API only)
+    media_workers: int = 2              # decoder processes for request media (0: decode in the server)
+    media_deadline_s: float = 30.0      # one decode's wall time, then its worker is stopped
+    media_worker_memory_mb: int = 2048  # address space a decoder may add to its imports'
 
     def __post_init__(self):
         for name, least in (("max_queue", 0), ("max_body_bytes", 1), ("port", 0), ("n_ctx", 16), ("parallel", 1),
-                            ("prefill_chunk", 1), ("max_queued_media_mb", 0)):
+                            ("prefill_chunk", 1), ("max_queued_media_mb", 0), ("media_workers", 0),
+                            ("media_deadline_s", 1e-3), ("media_worker_memory_mb", 16)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least}", key=name)
 
@@ -81,6 +85,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest audio clip in seconds (default 1800)")
     add("--dynamic-hd", type=int, default=None, help="most image crops (default: the model's, 36)")
     add("--no-ui", dest="ui", action="store_false", help="don't serve the chat page at /")
+    add("--media-workers", type=int, default=2, help="processes that decode request images and audio, "
+        "each under the limits below (default 2; 0 decodes inside the server process)")
+    add("--media-deadline-s", type=float, default=30.0, help="longest one decode may take before its "
+        "worker is stopped and the request answered 400 (default 30)")
+    add("--media-worker-memory-mb", type=int, default=2048, help="memory a decoder process may take "
+        "for one decode, past what it starts with (default 2048)")
 
 
 def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) -> ServerSettings:
@@ -92,4 +102,5 @@ def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) 
                                          args.max_audio_s),
         max_queue=args.max_queue, parallel=args.parallel, prefill_chunk=args.prefill_chunk,
         max_queued_media_mb=args.max_queued_media_mb, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        dynamic_hd=args.dynamic_hd, ui=args.ui)
+        dynamic_hd=args.dynamic_hd, ui=args.ui, media_workers=args.media_workers,
+        media_deadline_s=args.media_deadline_s, media_worker_memory_mb=args.media_worker_memory_mb)

@@ -15,7 +15,7 @@ PACKAGE_FILES = sorted([*ROOT.glob("phi4mm/**/*.py"), *ROOT.glob("converter/**/*
 
 ALLOWED = {  # library -> files that may import it
     "llama_cpp": {"phi4mm/engine/llama.py"},
-    "PIL": {"phi4mm/media/image.py", "phi4mm/vision/preprocess.py"},
+    "PIL": {"phi4mm/media/image.py", "phi4mm/media/isolation.py", "phi4mm/vision/preprocess.py"},
     "av": {"phi4mm/media/audio.py"},
     "soundfile": {"phi4mm/media/audio.py"},
     "starlette": {str(p.relative_to(ROOT)) for p in ROOT.glob("server/**/*.py")},

@@ -33,8 +33,10 @@ class Span:
 class Encoders:
     """The image and audio encoders of one model, their weights and the shared row cache."""
 
-    def __init__(self, files: ModelFiles, cache_bytes: int, dynamic_hd: int | None = None):
+    def __init__(self, files: ModelFiles, cache_bytes: int, dynamic_hd: int | None = None,
+                 loader: media.InProcess | None = None):
         self.files = files
+        self.loader = loader or media.InProcess()  # decodes encoded sources (maybe in worker processes)
         self.cache = RowCache(cache_bytes)
         self.dynamic_hd = dynamic_hd          # None: the checkpoint's value (36 for the real model)
         self._vision: vision_encoder.VisionWeights | None = None
@@ -64,7 +66,7 @@ class Encoders:
     # -- images (§5, §6) ---------------------------------------------------------------------
 
     def _image(self, ref: MediaRef, dynamic_hd: int | None, limits: media.MediaLimits) -> Span:
-        picture = media.load_image(ref.source, limits)
+        picture = self.loader.load_image(ref.source, limits)
         hd = self._dynamic_hd(dynamic_hd, ref.detail)
         key = f"image:{preprocess.content_key(picture)}:{hd}"
         return self._cached(key, lambda: vision_encoder.encode_image(preprocess.preprocess(picture, hd), self.vision))
@@ -91,7 +93,7 @@ class Encoders:
     # -- audio (§7) --------------------------------------------------------------------------
 
     def _audio_span(self, ref: MediaRef, mode: Mode, limits: media.MediaLimits) -> Span:
-        clip = media.load_audio(ref.source, limits)
+        clip = self.loader.load_audio(ref.source, limits)
         head = mode.audio_head or "speech"
         digest = hashlib.sha256(np.ascontiguousarray(clip.samples, dtype=np.float32).tobytes()).hexdigest()
         key = f"audio:{digest}:{clip.sample_rate_hz}:{head}"

@@ -43,6 +43,7 @@ class EngineSettings:
     media_limits: media.MediaLimits = field(default_factory=media.MediaLimits)
     n_parallel: int = 1                    # sequences decoded together (each with its own KV cells)
     prefill_chunk: int = 8                 # prompt rows per step while other streams are decoding
+    media_workers: int = 0                 # decoder processes for encoded media (0: decode in-process)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class Engine:
                                                               settings.flash_attn), n_orig,
                                  {"vision": files.vision_lora, "speech": files.speech_lora}, settings.n_parallel)
         self.contexts.context("short")  # its KV cells are allocated now, not on the first request
-        self.encoders = Encoders(files, settings.media_cache_bytes, settings.dynamic_hd)
+        self.media = media.media_loader(settings.media_workers)  # decodes what requests send
+        self.encoders = Encoders(files, settings.media_cache_bytes, settings.dynamic_hd, self.media)
         self.scheduler = Scheduler(self.model, self.contexts, settings.n_batch, settings.prefill_chunk)
         self._encoding = threading.Lock()  # encoders and their cache: one request at a time
 
@@ -132,6 +134,7 @@ class Engine:
         self.scheduler.close()
         self.contexts.close()
         self.model.close()
+        self.media.close()
 
 
 class Stream:

@@ -29,7 +29,8 @@ class ChatModel(Protocol):
 def transcribe_events(model: ChatModel, audio: Any, limits: MediaLimits, *, translate_to: str | None = None,
                       language: str | None = None, prompt: str | None = None, temperature: float = 0.0,
                       max_tokens_per_window: int = DEFAULT_MAX_TOKENS_PER_WINDOW,
-                      should_stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+                      should_stop: Callable[[], bool] | None = None,
+                      load_audio: Callable[[Any, MediaLimits], Waveform] = media.load_audio) -> Iterator[Event]:
     """Check the arguments and load `audio` now (InputError / MediaError before any output), then
     return a generator of events: per window a Window, its Deltas and its Segment; last the
     Transcript. `prompt` becomes the system message of every window's chat."""
@@ -37,7 +38,7 @@ def transcribe_events(model: ChatModel, audio: Any, limits: MediaLimits, *, tran
     make_params(max_tokens=max_tokens_per_window, temperature=temperature)
     if prompt is not None and not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}", param="prompt")
-    waveform = media.load_audio(audio, limits)
+    waveform = load_audio(audio, limits)
     task = "transcribe" if translate_to is None else "translate"
     target = translate_to if translate_to is not None else language
     transcript = Transcript(task, language_name(target).lower() if target is not None else "unknown",
