@@ -11,6 +11,7 @@ import signal
 import time
 
 MARKER = b"PHI4MM-FAULT:"
+PID_FILE_ENV = "MEDIA_FAULTS_PID_FILE"  # where a decoder writes its pid when a fault starts (if set)
 
 
 def fault(action: str) -> bytes:
@@ -22,6 +23,9 @@ def hook(kind: str, data: bytes) -> None:
     if not data.startswith(MARKER):
         return
     action = data[len(MARKER):].split(b"\n", 1)[0].decode()
+    if os.environ.get(PID_FILE_ENV):
+        with open(os.environ[PID_FILE_ENV], "w") as f:
+            f.write(str(os.getpid()))
     if action == "crash":
         os.kill(os.getpid(), signal.SIGSEGV)
     elif action == "hang":
