@@ -142,7 +142,7 @@ def _parse_parts(parts: list | tuple, where: str) -> tuple[str, list[MediaRef]]:
     refs: list[MediaRef] = []
     for j, part in enumerate(parts):
         here = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
+        kind = part_type(part)
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise InputError(f"{here}.text must be a string, got {_describe(part.get('text'))}", param=here)
@@ -150,9 +150,17 @@ def _parse_parts(parts: list | tuple, where: str) -> tuple[str, list[MediaRef]]:
         elif kind in PART_PARSERS:
             refs.append(PART_PARSERS[kind](part, here))
         else:
-            raise InputError(f"{here} has type {kind!r}, expected one of {', '.join(map(repr, PART_TYPES))}",
+            got = repr(kind) if kind is not None else (_describe(part.get("type")) if isinstance(part, dict)
+                                                        else f"none ({_describe(part)})")
+            raise InputError(f"{here} has type {got}, expected one of {', '.join(map(repr, PART_TYPES))}",
                              param=here)
     return "".join(texts), refs
+
+
+def part_type(part: Any) -> str | None:
+    """A content part's "type" when the part is an object and its type a string, else None."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _image_url(part: dict, where: str) -> MediaRef:
@@ -226,7 +234,7 @@ def map_media_sources(messages: list, load: Callable[[MediaRef], Any]) -> list:
 
 
 def _mapped_part(part: Any, where: str, load: Callable[[MediaRef], Any]) -> Any:
-    kind = part.get("type") if isinstance(part, dict) else None
+    kind = part_type(part)
     if kind not in PART_PARSERS:
         return part
     ref = PART_PARSERS[kind](part, where)
