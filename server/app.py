@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from phi4mm.server.audio_routes import AUDIO_ROUTES
 from phi4mm.server.errors import EXCEPTION_HANDLERS
+from phi4mm.server.openapi import openapi_route
 from phi4mm.server.routes import ROUTES
 from phi4mm.server.service import Service
 from phi4mm.server.settings import ServerSettings
@@ -43,7 +44,7 @@ def create_app(settings: ServerSettings, load_engine: EngineLoader = load_phi4mm
         finally:
             await asyncio.to_thread(service.close)
 
-    routes = [*ROUTES, *AUDIO_ROUTES, *(ui_routes(settings) if settings.ui else [])]
+    routes = [*ROUTES, *AUDIO_ROUTES, openapi_route(settings), *(ui_routes(settings) if settings.ui else [])]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 
 
