@@ -8,8 +8,11 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,20 +25,20 @@ from phi4mm.media import MediaLimits
 from phi4mm.media.decoder_process import HOOK_ENV
 from phi4mm.media.isolation import DecoderPool, InProcess, PoolSettings, media_loader
 
+TESTS = Path(__file__).resolve().parent
 SETTINGS = PoolSettings(n_workers=2, deadline_s=4.0, memory_mb=256, cpu_s=1.0)
 
 
 @pytest.fixture(scope="module")
 def pool():
-    saved = os.environ.get(HOOK_ENV)
+    saved = dict(os.environ)
     os.environ[HOOK_ENV] = "media_faults:hook"  # read by each decoder process when it starts
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     try:
-        decoders = DecoderPool(SETTINGS)
+        decoders = DecoderPool(SETTINGS)  # takes the environment as it is now, for every worker
     finally:
-        if saved is None:
-            os.environ.pop(HOOK_ENV)
-        else:
-            os.environ[HOOK_ENV] = saved
+        os.environ.clear()
+        os.environ.update(saved)
     yield decoders
     decoders.close()
 
@@ -167,3 +170,18 @@ def test_settings_are_checked_and_zero_workers_means_in_process():
     with pytest.raises(ConfigError, match="deadline_s"):
         PoolSettings(deadline_s=0)
     assert type(media_loader(0)) is InProcess
+
+
+def test_workers_start_whatever_the_callers_main_module_is(tmp_path):
+    """Workers run `python -m phi4mm.media.decoder_process`: a program read from stdin (no importable
+    __main__) and one that is not guarded by `if __name__ == "__main__"` decode, and are not run again."""
+    program = ("import io, numpy as np\nfrom PIL import Image\nfrom phi4mm.media import DecoderPool\n"
+               "print('started', flush=True)\npool = DecoderPool()\nout = io.BytesIO()\n"
+               "Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(out, 'PNG')\n"
+               "print(pool.load_image(out.getvalue()).size)\npool.close()\n")
+    script = tmp_path / "unguarded.py"
+    script.write_text(program)
+    for args, stdin in (([sys.executable, "-"], program), ([sys.executable, str(script)], None)):
+        done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n")[:2] == ["started", "(8, 8)"], done.stdout

@@ -1,4 +1,5 @@
-"""The body of one media decoder process (isolation.py starts it): decodes untrusted image and audio
+"""One media decoder process, `python -m phi4mm.media.decoder_process FD MEMORY_MB` (isolation.py
+starts it with one end of a socket pair as FD): decodes untrusted image and audio
 bytes with Pillow and PyAV under a memory limit (RLIMIT_AS) and a CPU-time limit (RLIMIT_CPU) per
 task, and sends the decoded array back over its pipe. The limits are set once the decoders are
 imported; a crash here ends this process, never the server."""
@@ -8,7 +9,10 @@ from __future__ import annotations
 import importlib
 import os
 import resource
+import signal
+import sys
 import traceback
+from multiprocessing.connection import Connection
 
 HOOK_ENV = "PHI4MM_MEDIA_TEST_HOOK"  # "module:function" called before each decode: fault injection for tests
 
@@ -93,3 +97,13 @@ def _limit_cpu(cpu_s: float) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     soft = int(used + cpu_s) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
+    fd, memory_mb = int(argv[0]), int(argv[1])
+    serve(Connection(fd), memory_mb, os.environ.get(HOOK_ENV) or None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,7 +1,8 @@
 """Media decoding in worker processes: untrusted image and audio bytes are decoded by Pillow and
-FFmpeg (PyAV) in a small pool of processes, each under a deadline, a memory limit and a CPU-time
-limit. A decoder that crashes, hangs, overruns or runs out of memory fails only its own request
-(MediaError / AudioError, saying how) and its process is replaced. Fetching stays in the caller.
+FFmpeg (PyAV) in a small pool of fresh `python -m phi4mm.media.decoder_process` processes, each
+under a deadline, a memory limit and a CPU-time limit. A decoder that crashes, hangs, overruns or
+runs out of memory fails only its own request (MediaError / AudioError, saying how) and its
+process is replaced. Fetching stays in the caller.
 
 `InProcess` decodes in the calling process (the Python API's default); `DecoderPool` in workers
 (the server's default). Both load PIL images, numpy arrays, Waveforms and (samples, rate) tuples
@@ -9,20 +10,22 @@ in-process: only encoded bytes reach a codec."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from phi4mm.errors import AudioError, ConfigError, MediaError
-from phi4mm.media import decoder_process
 from phi4mm.media.audio import AudioSource, Waveform, decode_audio, load_audio
 from phi4mm.media.fetch import describe, read_source
 from phi4mm.media.image import ImageSource, load_image
@@ -70,21 +73,29 @@ class PoolSettings:
 
 
 class _Worker:
-    """One decoder process and the parent's end of its pipe."""
+    """One decoder process (`python -m phi4mm.media.decoder_process`, so nothing of the caller's
+    __main__ is imported again) and the parent's end of the socket pair it answers on."""
 
-    def __init__(self, memory_mb: int, hook_spec: str | None):
-        context = multiprocessing.get_context("spawn")  # never fork a process that runs llama.cpp threads
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=decoder_process.serve, args=(child, memory_mb, hook_spec),
-                                       name="phi4mm-media-decoder", daemon=True)
-        self.process.start()
+    def __init__(self, memory_mb: int, env: dict[str, str]):
+        parent, child = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "phi4mm.media.decoder_process", str(child.fileno()), str(memory_mb)],
+            pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL)
         child.close()
+        self.conn = Connection(parent.detach())
         self.answered = True  # whether the last task ended with a full answer (else: replace it)
 
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def stop(self) -> None:
-        if self.process.is_alive():
+        if self.alive:
             self.process.kill()
-        self.process.join(5)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
         self.conn.close()
 
 
@@ -99,9 +110,9 @@ class DecoderPool(InProcess):
         self._workers: set[_Worker] = set()
         self.replaced = 0
         self.closed = False
-        self._hook_spec = os.environ.get(decoder_process.HOOK_ENV)  # fault injection: tests only
+        self._env = dict(os.environ)  # every worker, replacements too, starts with the same environment
         for _ in range(self.settings.n_workers):
-            self._add(_Worker(self.settings.memory_mb, self._hook_spec))
+            self._add(_Worker(self.settings.memory_mb, self._env))
 
     def load_image(self, source: ImageSource, limits: MediaLimits = DEFAULT_LIMITS) -> Image.Image:
         if not isinstance(source, ENCODED):
@@ -128,12 +139,12 @@ class DecoderPool(InProcess):
 
     def health(self) -> dict:
         with self._lock:
-            alive = sum(w.process.is_alive() for w in self._workers)
+            alive = sum(w.alive for w in self._workers)
         return {"workers": self.settings.n_workers, "alive": alive, "replaced": self.replaced}
 
     def pids(self) -> list[int]:
         with self._lock:
-            return sorted(w.process.pid for w in self._workers if w.process.pid is not None)
+            return sorted(w.process.pid for w in self._workers)
 
     def close(self) -> None:
         self.closed = True
@@ -142,9 +153,9 @@ class DecoderPool(InProcess):
         for worker in workers:
             try:
                 worker.conn.send(None)
-            except OSError:
+                worker.process.wait(1)
+            except (OSError, subprocess.TimeoutExpired):
                 pass
-            worker.process.join(1)
             worker.stop()
 
     # -- one task ---------------------------------------------------------------------------
@@ -192,9 +203,9 @@ class DecoderPool(InProcess):
 
     @staticmethod
     def _death(worker: _Worker) -> str:
-        worker.process.join(2)
-        code = worker.process.exitcode
-        if code is None:
+        try:
+            code = worker.process.wait(2)
+        except subprocess.TimeoutExpired:
             return "stopped answering"
         if code < 0:
             return _SIGNALS.get(-code, f"was ended by signal {-code}")
@@ -207,7 +218,7 @@ class DecoderPool(InProcess):
             self._workers.discard(worker)
             self.replaced += 1
         if not self.closed:
-            threading.Thread(target=lambda: self._add(_Worker(self.settings.memory_mb, self._hook_spec)),
+            threading.Thread(target=lambda: self._add(_Worker(self.settings.memory_mb, self._env)),
                              name="phi4mm-media-respawn", daemon=True).start()
 
     def _add(self, worker: _Worker) -> None:
