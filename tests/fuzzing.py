@@ -6,8 +6,10 @@ the live-server fuzz tests. PHI4MM_FUZZ_EXAMPLES scales every campaign (default:
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import os
+from dataclasses import dataclass
 from functools import cache
 
 import av
@@ -125,11 +127,29 @@ def seed_media() -> dict[str, tuple[str, bytes]]:
             "webm": ("audio", _webm())}
 
 
+@dataclass(frozen=True)
+class Sample:
+    """Mutated media; its repr stays short (hypothesis prints failing examples)."""
+
+    name: str   # the seed's format
+    kind: str   # "image" or "audio"
+    data: bytes
+
+    def __iter__(self):
+        return iter((self.name, self.kind, self.data))
+
+    def __repr__(self) -> str:
+        digest = hashlib.sha256(self.data).hexdigest()[:12]
+        return f"Sample({self.name}, {len(self.data)} bytes, sha256 {digest}, starting {self.data[:24]!r})"
+
+
 @st.composite
 def mutated_media(draw, kinds=("image", "audio")):
-    """(seed name, kind, bytes): a valid file with 1-3 mutations."""
+    """(seed name, kind, bytes): a valid file with 1-3 mutations, or now and then random bytes."""
     name = draw(st.sampled_from(sorted(n for n, (k, _) in seed_media().items() if k in kinds)))
     kind, data = seed_media()[name]
+    if draw(st.integers(0, 9)) == 0:
+        return Sample(name, kind, draw(st.binary(max_size=512)))
     data = bytearray(data)
     for _ in range(draw(st.integers(1, 3))):
         how = draw(st.sampled_from(["truncate", "flip", "huge", "insert"]))
@@ -142,4 +162,4 @@ def mutated_media(draw, kinds=("image", "audio")):
             data[at:at + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x00"]))
         else:
             data[at:at] = draw(st.binary(min_size=1, max_size=32))
-    return name, kind, bytes(data)
+    return Sample(name, kind, bytes(data))

@@ -71,7 +71,15 @@ def test_media_loaders_answer_media_or_a_media_error_and_no_worker_dies(pool, sa
             pool.decode_audio(data, origin=f"a mutated {name}", format_hint=name)
     except MediaError as exc:
         assert not any(sign in str(exc) for sign in DEAD_WORKER), (name, str(exc))
-    assert pool.health()["alive"] == 2
+    _no_worker_left_dead(lambda: pool.health())
+
+
+def _no_worker_left_dead(health, timeout_s: float = 30.0) -> None:
+    """Both decoders are alive, at once or once a replacement has started (after an out-of-memory)."""
+    deadline = time.monotonic() + timeout_s
+    while health()["alive"] != health()["workers"]:
+        assert time.monotonic() < deadline, health()
+        time.sleep(0.05)
 
 
 # -- over HTTP -----------------------------------------------------------------------------------
@@ -81,8 +89,8 @@ def server(tmp_path_factory, tiny_q4: Path):
     srv = _start(tmp_path_factory.mktemp("fuzz"), tiny_q4, ["--media-workers", "2", "--parallel", "2"], _env(), "")
     srv.slowest_s = 0.0
     yield srv
-    health = httpx.get(f"{srv.base}/health", timeout=10).json()
-    assert health["status"] == "ok" and health["media_decoders"]["alive"] == 2, health
+    _no_worker_left_dead(lambda: httpx.get(f"{srv.base}/health", timeout=10).json()["media_decoders"])
+    assert httpx.get(f"{srv.base}/health", timeout=10).json()["status"] == "ok"
     _stop(srv)
 
 

@@ -174,3 +174,16 @@ def test_audio_errors_are_audio_errors_even_when_fetching_fails():
         with pytest.raises(AudioError) as err:
             load_audio(source)
         assert isinstance(err.value, MediaError)
+
+
+def test_a_stream_whose_codec_is_unknown_is_an_audio_error():
+    """Found by tests/test_fuzz.py: a mutated WebM whose audio stream names no decoder PyAV knows
+    (its codec context is None) raised AttributeError while the error message was being written."""
+    from pathlib import Path
+
+    from phi4mm.errors import AudioError
+    from phi4mm.media import decode_audio
+
+    data = (Path(__file__).parent / "data" / "webm-stream-without-codec.webm").read_bytes()
+    with pytest.raises(AudioError, match="could not be decoded as unknown audio"):
+        decode_audio(data)

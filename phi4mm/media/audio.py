@@ -196,7 +196,7 @@ def _open(data: bytes, origin: str, format_hint: str | None):
 def _audio_stream(container, origin: str):
     if container.streams.audio:
         return container.streams.audio[0]
-    found = ", ".join(f"{s.type} ({s.codec_context.name})" for s in container.streams) or "none"
+    found = ", ".join(f"{s.type} ({_codec_name(s)})" for s in container.streams) or "none"
     raise AudioError(f"{origin} is a {container.format.name} file with no audio stream (streams: "
                      f"{found}); expected {EXPECTED_FORMATS}")
 
@@ -245,12 +245,18 @@ def _decode(container, stream, limits: MediaLimits, origin: str) -> tuple[np.nda
         raise
     except Exception as exc:  # av.error.* (InvalidDataError, ...) and PyAV's own ValueErrors
         if not n_samples:
-            raise AudioError(f"{origin} could not be decoded as {stream.codec_context.name} audio "
+            raise AudioError(f"{origin} could not be decoded as {_codec_name(stream)} audio "
                              f"(corrupt or truncated): {exc}") from exc
         raise AudioError(f"{origin} is truncated or corrupt: decoding failed after "
                          f"{n_samples / rate:.2f} s: {exc}") from exc
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # (n_samples,)
     return samples, rate or stream.sample_rate or 1
+
+
+def _codec_name(stream) -> str:
+    """The stream's codec, or "unknown" where a corrupt file left PyAV without a codec context."""
+    context = getattr(stream, "codec_context", None)
+    return getattr(context, "name", None) or "unknown"
 
 
 def _frame_to_mono(frame) -> np.ndarray:
