@@ -75,15 +75,19 @@ def load_audio(source: AudioSource, limits: MediaLimits = DEFAULT_LIMITS) -> Wav
         raise AudioError(f"a numpy array needs its sample rate: pass (samples, sample_rate_hz), "
                          f"received a bare array of shape {source.shape}")
     if isinstance(source, (bytes, bytearray, memoryview, Path, str)):
-        try:
-            data = read_source(source, limits, "audio")
-        except AudioError:
-            raise
-        except MediaError as exc:  # fetching is shared with images; the error is about audio here
-            raise AudioError(str(exc), getattr(exc, "param", None)) from exc
-        return decode_audio(data, limits, describe(source, "audio"))
+        return decode_audio(read_audio_bytes(source, limits), limits, describe(source, "audio"))
     raise AudioError(f"unsupported audio source of type {type(source).__name__}; expected a path, "
                      f"a URL, base64 text, bytes, a Waveform or a (numpy samples, sample rate) tuple")
+
+
+def read_audio_bytes(source: bytes | bytearray | memoryview | Path | str, limits: MediaLimits) -> bytes:
+    """The encoded bytes an audio source names (fetch.read_source), refusals as AudioError."""
+    try:
+        return read_source(source, limits, "audio")
+    except AudioError:
+        raise
+    except MediaError as exc:  # fetching is shared with images; the error is about audio here
+        raise AudioError(str(exc), getattr(exc, "param", None)) from exc
 
 
 def decode_audio(data: bytes, limits: MediaLimits = DEFAULT_LIMITS, origin: str = "the audio bytes",

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from phi4mm.errors import AudioError, ConfigError, MediaError
-from phi4mm.media.audio import AudioSource, Waveform, decode_audio, load_audio
+from phi4mm.media.audio import AudioSource, Waveform, decode_audio, load_audio, read_audio_bytes
 from phi4mm.media.fetch import describe, read_source
 from phi4mm.media.image import ImageSource, load_image
 from phi4mm.media.limits import DEFAULT_LIMITS, MediaLimits
@@ -124,13 +124,7 @@ class DecoderPool(InProcess):
     def load_audio(self, source: AudioSource, limits: MediaLimits = DEFAULT_LIMITS) -> Waveform:
         if not isinstance(source, ENCODED):
             return load_audio(source, limits)
-        try:
-            data = read_source(source, limits, "audio")
-        except AudioError:
-            raise
-        except MediaError as exc:  # fetching is shared with images; the error is about audio here
-            raise AudioError(str(exc), getattr(exc, "param", None)) from exc
-        return self.decode_audio(data, limits, describe(source, "audio"))
+        return self.decode_audio(read_audio_bytes(source, limits), limits, describe(source, "audio"))
 
     def decode_audio(self, data: bytes, limits: MediaLimits = DEFAULT_LIMITS, origin: str = "the audio bytes",
                      format_hint: str | None = None) -> Waveform:
