@@ -54,17 +54,24 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def imported_names(path: Path) -> set[str]:
-    """Dotted names of every module `path` imports, `from phi4mm import x` as phi4mm.x."""
+    """Dotted names of every module `path` imports: `from phi4mm import x` as phi4mm.x for a
+    submodule x, as phi4mm.__init__ for a name the package itself defines (Phi4MM, __version__)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "phi4mm":
-                names.update(f"phi4mm.{alias.name}" for alias in node.names)
+            if node.module == "phi4mm":  # a submodule, or a name from the package's facade
+                names.update(f"phi4mm.{alias.name}" if _is_module(alias.name) else "phi4mm.__init__"
+                             for alias in node.names)
             else:
                 names.add(node.module)
     return names
+
+
+def _is_module(name: str) -> bool:
+    package = ROOT / "phi4mm"
+    return name in ("converter", "server") or (package / f"{name}.py").exists() or (package / name).is_dir()
 
 
 def part_of_file(rel: str) -> str:
