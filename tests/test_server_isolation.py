@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 from media_faults import PID_FILE_ENV, fault
 from PIL import Image
+from test_media_isolation import _wait_for
 from test_server import LONG_PROMPT, Server, _env, _start, _stop
 
 pytestmark = pytest.mark.slow
@@ -98,13 +99,6 @@ def _stream_in_background(server: Server) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, result
-
-
-def _wait_for(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_decoder_killed_mid_decode_fails_only_its_request(server: Server):

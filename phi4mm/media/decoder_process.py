@@ -1,8 +1,8 @@
 """One media decoder process, `python -m phi4mm.media.decoder_process FD MEMORY_MB` (isolation.py
-starts it with one end of a socket pair as FD): decodes untrusted image and audio
-bytes with Pillow and PyAV under a memory limit (RLIMIT_AS) and a CPU-time limit (RLIMIT_CPU) per
-task, and sends the decoded array back over its pipe. The limits are set once the decoders are
-imported; a crash here ends this process, never the server."""
+starts it with one end of a socket pair as FD): decodes untrusted image and audio bytes with
+Pillow and PyAV under a memory limit (RLIMIT_AS) and a CPU-time limit (RLIMIT_CPU) per task, and
+sends the decoded array back over the socket. The limits are set once the decoders are imported
+(at the top of this module); a crash here ends this process, never the server."""
 
 from __future__ import annotations
 
@@ -14,16 +14,19 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 
+import numpy as np
+
+from phi4mm.errors import MediaError
+from phi4mm.media import audio, image
+
 HOOK_ENV = "PHI4MM_MEDIA_TEST_HOOK"  # "module:function" called before each decode: fault injection for tests
 
 
 def serve(conn, memory_mb: int, hook_spec: str | None = None) -> None:
-    """Answer tasks from `conn` until it closes or sends None; `hook_spec` is the value of
-    PHI4MM_MEDIA_TEST_HOOK in the process that started the pool (tests only). A task is (kind, data, limits,
+    """Answer tasks from `conn` until it closes or sends None; `hook_spec` is "module:function",
+    run before each decode (PHI4MM_MEDIA_TEST_HOOK: tests only). A task is (kind, data, limits,
     origin, format_hint, cpu_s); the answer ("ok", meta) is followed by the array's bytes, else
     ("refused", error class name, message) or ("failed", what happened)."""
-    from phi4mm.media import audio, image  # Pillow, PyAV, numpy: imported before the limit is set
-
     hook = _hook(hook_spec)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file behind
     _limit_address_space(memory_mb)
@@ -33,7 +36,7 @@ def serve(conn, memory_mb: int, hook_spec: str | None = None) -> None:
         try:
             if hook is not None:
                 hook(kind, data)
-            array, meta = _decode(kind, data, limits, origin, format_hint, image, audio)
+            array, meta = _decode(kind, data, limits, origin, format_hint)
         except MemoryError:
             conn.send(("failed", f"ran out of memory (limit {memory_mb} MiB)"))
             continue
@@ -44,10 +47,8 @@ def serve(conn, memory_mb: int, hook_spec: str | None = None) -> None:
         conn.send_bytes(memoryview(array).cast("B"))
 
 
-def _decode(kind, data, limits, origin, format_hint, image, audio):
+def _decode(kind, data, limits, origin, format_hint):
     """-> (C-contiguous array, (shape, dtype name, sample rate or None))."""
-    import numpy as np
-
     if kind == "image":
         picture = image.decode_image(data, limits, origin)
         pixels = np.asarray(picture)  # (H, W, 3) uint8
@@ -58,8 +59,6 @@ def _decode(kind, data, limits, origin, format_hint, image, audio):
 
 
 def _refusal(exc: BaseException) -> tuple:
-    from phi4mm.errors import MediaError
-
     if isinstance(exc, MediaError):
         return ("refused", type(exc).__name__, str(exc))
     last = traceback.extract_tb(exc.__traceback__)[-1:] or [None]

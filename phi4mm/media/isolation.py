@@ -32,7 +32,6 @@ from phi4mm.media.image import ImageSource, load_image
 from phi4mm.media.limits import DEFAULT_LIMITS, MediaLimits
 
 ENCODED = (str, Path, bytes, bytearray, memoryview)
-START_TIMEOUT_S = 60.0
 _SIGNALS = {signal.SIGKILL: "was killed (SIGKILL: out of memory, or stopped from outside)",
             signal.SIGXCPU: "ran past its CPU-time limit", signal.SIGSEGV: "crashed (SIGSEGV)",
             signal.SIGABRT: "aborted (SIGABRT)", signal.SIGBUS: "crashed (SIGBUS)"}
@@ -157,22 +156,21 @@ class DecoderPool(InProcess):
     def _run(self, kind: str, data: bytes, limits: MediaLimits, origin: str, hint: str | None):
         """Decode in a free worker -> (array, sample rate or None); the error class of `kind` if not.
         A worker that answered (even a refusal) is reused; any other is replaced."""
-        error = MediaError if kind == "image" else AudioError
+        error = _error_class(kind)
         if self.closed:
             raise error(f"{origin} could not be decoded: the media decoders are shut down")
         worker = self._idle.get()
         worker.answered = False
         try:
             worker.conn.send((kind, data, limits, origin, hint, self.settings.cpu_s))
-            return self._answer(worker, kind, origin)
+            return self._answer(worker, kind, origin, error)
         finally:
             if worker.answered:
                 self._idle.put(worker)
             else:
                 self._replace(worker)
 
-    def _answer(self, worker: _Worker, kind: str, origin: str):
-        error = MediaError if kind == "image" else AudioError
+    def _answer(self, worker: _Worker, kind: str, origin: str, error: type[MediaError]):
         deadline = time.monotonic() + self.settings.deadline_s
         try:
             if not worker.conn.poll(self.settings.deadline_s):
@@ -222,6 +220,10 @@ class DecoderPool(InProcess):
                 return
             self._workers.add(worker)
         self._idle.put(worker)
+
+
+def _error_class(kind: str) -> type[MediaError]:
+    return MediaError if kind == "image" else AudioError
 
 
 def media_loader(n_workers: int, **settings) -> InProcess:
