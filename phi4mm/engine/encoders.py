@@ -34,8 +34,9 @@ class Encoders:
     """The image and audio encoders of one model, their weights and the shared row cache."""
 
     def __init__(self, files: ModelFiles, cache_bytes: int, dynamic_hd: int | None = None,
-                 loader: media.InProcess | None = None):
+                 loader: media.InProcess | None = None, device: str = "cpu"):
         self.files = files
+        self.device = device                  # "cpu" or "cuda" (EngineSettings.encoder_device)
         self.loader = loader or media.InProcess()  # decodes encoded sources (maybe in worker processes)
         self.cache = RowCache(cache_bytes)
         self.dynamic_hd = dynamic_hd          # None: the checkpoint's value (36 for the real model)
