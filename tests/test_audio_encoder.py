@@ -25,6 +25,7 @@ from phi4mm.errors import ConfigError
 from phi4mm.weights import read_gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from namespaces import NAMESPACES, host, on  # noqa: E402
 from reference_audio import make_signal  # noqa: E402  (numpy only; torch is imported lazily)
 
 TOL = 2e-5
@@ -88,6 +89,19 @@ def test_conformer_matches_reference(clip, weights, hidden, clips, expected):
 
 
 @pytest.mark.reference
+@pytest.mark.parametrize("clip", ["1s", "chunked-43s"])
+def test_conformer_and_projectors_under_array_api_strict(clip, weights, clips, expected):
+    """The same stages under array-api-strict (the GPU path's portability proof): the subsampling,
+    chunked attention with the relative bias, and both projector heads."""
+    strict = on("array_api_strict", weights)
+    hidden = encoder.encode_features(clips[clip][1], strict)
+    assert rel_err(host(hidden, "array_api_strict"), expected[clip]["conformer"]) < TOL
+    for head in HEADS:
+        rows = host(encoder.project(hidden, strict, head), "array_api_strict")
+        assert rel_err(rows, expected[clip][head]) < TOL
+
+
+@pytest.mark.reference
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("clip", CLIPS)
 def test_projected_rows_match_reference(clip, head, weights, hidden, expected):
@@ -103,9 +117,10 @@ def test_whole_path_from_48k_stereo_matches_reference(weights, audio_embed):
     import reference_audio as ref
 
     stereo = make_signal(2.5, 48000, seed=21, channels=2)
-    rows = encoder.encode_audio(stereo.mean(axis=1), 48000, weights, "speech")
     expected = ref.projected_rows(audio_embed, ref.reference_log_mel(stereo, 48000), "speech")
-    assert rel_err(rows, expected) < TOL
+    for namespace in NAMESPACES:  # the log-mel (its FFT and window) under the standard too
+        rows = encoder.encode_audio(stereo.mean(axis=1), 48000, on(namespace, weights), "speech")
+        assert rel_err(host(rows, namespace), expected) < TOL
 
 
 @pytest.mark.reference

@@ -19,13 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phi4mm import nn
+from phi4mm import arrays, nn
 from phi4mm.errors import ConfigError
 from phi4mm.vision import encoder as vision
 from phi4mm.vision.preprocess import ImageCrops
 from phi4mm.weights import read_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from namespaces import NAMESPACES, host, on  # noqa: E402
+
 F32_TOL = 2e-5   # max |ours - reference| / max |reference|, f32 weights
 F16_TOL = 1e-3   # max |f16 weights - f32 weights| / max |f32 weights|
 # (gh, gw, padded patch rows, padded patch columns): a 1-crop fully valid image; a 2x3 grid with
@@ -105,28 +108,43 @@ def reference_outputs(image_embed):
 
 
 @pytest.mark.reference
+@pytest.mark.parametrize("namespace", NAMESPACES)
 @pytest.mark.parametrize("case", CASES)
-def test_stages_match_reference(case, weights, reference_outputs):
-    crops, ref = make_crops(*CASES[case]), reference_outputs[case]
-    features = vision.siglip_features(crops.pixels_nchw, crops.patch_mask, weights)
-    assert features.shape == ref["siglip"].shape
-    assert rel_err(features, ref["siglip"]) < F32_TOL
+def test_stages_match_reference(case, namespace, weights, reference_outputs):
+    """Every stage, in NumPy and under array-api-strict (the GPU path's portability proof)."""
+    crops, ref, w = make_crops(*CASES[case]), reference_outputs[case], on(namespace, weights)
+    features = vision.siglip_features(crops.pixels_nchw, crops.patch_mask, w)
+    assert host(features, namespace).shape == ref["siglip"].shape
+    assert rel_err(host(features, namespace), ref["siglip"]) < F32_TOL
     pooled = vision.pool_2x2(features)
-    assert rel_err(pooled, ref["pooled"]) < F32_TOL
-    rows = vision.hd_layout(pooled, crops.patch_mask, crops.grid, weights.sub_sep, weights.glb_sep)
+    assert rel_err(host(pooled, namespace), ref["pooled"]) < F32_TOL
+    rows = vision.hd_layout(pooled, crops.patch_mask, crops.grid, w.sub_sep, w.glb_sep)
     assert rows.shape == (crops.n_tokens, weights.config.hidden_size)
-    assert rel_err(rows, ref["rows"]) < F32_TOL
-    assert rel_err(vision.project(rows, weights), ref["projected"]) < F32_TOL
+    assert rel_err(host(rows, namespace), ref["rows"]) < F32_TOL
+    assert rel_err(host(vision.project(rows, w), namespace), ref["projected"]) < F32_TOL
 
 
 @pytest.mark.reference
+@pytest.mark.parametrize("namespace", NAMESPACES)
 @pytest.mark.parametrize("case", CASES)
-def test_encode_image_matches_reference(case, weights, reference_outputs):
+def test_encode_image_matches_reference(case, namespace, weights, reference_outputs):
     """The whole path, which runs only the patches that reach the output."""
     crops = make_crops(*CASES[case])
-    rows = vision.encode_image(crops, weights, crops_per_batch=2, n_workers=2)
+    rows = host(vision.encode_image(crops, on(namespace, weights), crops_per_batch=2,
+                                    n_workers=2 if namespace == "numpy" else 1), namespace)
     assert rows.shape == (crops.n_tokens, weights.config.text_hidden_size)
     assert rel_err(rows, reference_outputs[case]["projected"]) < F32_TOL
+
+
+@pytest.mark.reference
+def test_f16_weights_under_array_api_strict(tiny_dir, reference_outputs):
+    """A float16 file's layers on a namespace without float16 (the standard has none): moved as
+    float32 and still scaled at use; leaving q unscaled (the negative control) is caught."""
+    f16 = on("array_api_strict", load(tiny_dir, "f16"))
+    crops, expected = make_crops(*CASES["2x3-odd-pad"]), reference_outputs["2x3-odd-pad"]["projected"]
+    assert rel_err(host(vision.encode_image(crops, f16), "array_api_strict"), expected) < F16_TOL
+    unscaled = dataclasses.replace(f16, layers=tuple(dataclasses.replace(w, q_scale=1.0) for w in f16.layers))
+    assert rel_err(arrays.to_host(vision.encode_image(crops, unscaled)), expected) > 100 * F16_TOL
 
 
 @pytest.mark.reference

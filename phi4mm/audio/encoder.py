@@ -1,6 +1,7 @@
-"""The audio encoder in numpy float32: log-mel -> global CMVN -> NeMo dw_striding x8 subsampling ->
+"""The audio encoder in float32: log-mel -> global CMVN -> NeMo dw_striding x8 subsampling ->
 Conformer blocks with a shared T5 relative bias -> speech or vision projector rows
-(model-spec.md §7.2-7.3). Pure: numpy + stdlib only.
+(model-spec.md §7.2-7.3). The arithmetic runs in the array namespace of the weights (NumPy by
+default, CuPy on a GPU: phi4mm.arrays). Pure: numpy + array_api_compat + stdlib.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from typing import Any
 import numpy as np
 
 from phi4mm import keys, nn
+from phi4mm.arrays import chunk_rows, contiguous, is_array, is_numpy, namespace
 from phi4mm.audio import features
 from phi4mm.errors import ConfigError
 from phi4mm.weights import meta_value
 
 F32 = np.float32
+Array = Any  # an array of the weights' namespace (NumPy, CuPy, ...)
 KEY = keys.AUDIO_PREFIX
 HEADS = ("speech", "vision")  # projector heads: SPEECH mode, VISION_SPEECH mode (§7.3)
 CHUNK_FRAMES = 500            # §7.2 step 4: longer inputs run as independent 500-frame chunks
@@ -248,9 +251,9 @@ def _taps_first(w_ck: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w_ck.T)
 
 
-def _arrays(obj: Any) -> list[np.ndarray]:
+def _arrays(obj: Any) -> list[Any]:
     """Every array held by a weights dataclass (nested dataclasses and mappings included)."""
-    if isinstance(obj, np.ndarray):
+    if is_array(obj):
         return [obj]
     if isinstance(obj, Mapping):
         return [a for v in obj.values() for a in _arrays(v)]
@@ -262,31 +265,36 @@ def _arrays(obj: Any) -> list[np.ndarray]:
 
 
 def _upcast(obj: Any) -> Any:
-    """A copy of a weights dataclass with float16 arrays as float32 (float32 ones shared)."""
-    if isinstance(obj, np.ndarray):
-        return obj.astype(F32, copy=False)
+    """A copy of a weights dataclass with float16 arrays as float32 (float32 ones shared), in the
+    arrays' own namespace."""
+    if is_array(obj):
+        xp = namespace(obj)
+        return xp.astype(obj, xp.float32, copy=False)
     return type(obj)(**{f.name: _upcast(getattr(obj, f.name)) for f in fields(obj)})
 
 
 # ---------------------------------------------------------------------------------------------
 # Subsampling (§7.2 steps 1-2), channels-last: activations are (time, freq, C). Output rows are
-# computed SUBSAMPLE_ROWS at a time, each stage reading the rows (plus a one-row halo) it needs
-# from the one before, so the 1500 x 40 x C first stage of a 30 s clip is never held whole.
+# computed SUBSAMPLE_ROWS at a time on the CPU (all at once on a GPU), each stage reading the rows
+# (plus a one-row halo) it needs from the one before, so the 1500 x 40 x C first stage of a 30 s
+# clip is never held whole on the CPU.
 
-def subsample(features_tf: np.ndarray, w: SubsamplingWeights, cfg: AudioConfig) -> np.ndarray:
+def subsample(features_tf: Array, w: SubsamplingWeights, cfg: AudioConfig) -> Array:
     """(T, 80) CMVN-normalised features -> (ceil(T/8), A): three stride-2 convs, flatten, Linear."""
+    xp = namespace(features_tf)
     C, F3 = cfg.conv_channels, cfg.freq_out
-    lengths = _halvings(len(features_tf))                          # T, T1, T2, T3 = T'
+    lengths = _halvings(features_tf.shape[0])                      # T, T1, T2, T3 = T'
     widths = _halvings(features_tf.shape[1])                       # 80, 40, 20, 10 = F'
-    padded = np.zeros((lengths[0] + 2, widths[0] + 2), dtype=F32)  # zero padding 1 on every side
+    padded = xp.zeros((lengths[0] + 2, widths[0] + 2), dtype=xp.float32)  # zero padding 1 on every side
     padded[1:-1, 1:-1] = features_tf
     w = _upcast(w)
     stage = _Stages(padded, w, lengths, widths, C)
-    flat = np.empty((lengths[3], C * F3), dtype=F32)            # (T', C*F'), index c*F' + f
-    for a in range(0, lengths[3], SUBSAMPLE_ROWS):
-        b = min(a + SUBSAMPLE_ROWS, lengths[3])
+    flat = xp.empty((lengths[3], C * F3), dtype=xp.float32)     # (T', C*F'), index c*F' + f
+    step = chunk_rows(xp, SUBSAMPLE_ROWS) or max(1, lengths[3])
+    for a in range(0, lengths[3], step):
+        b = min(a + step, lengths[3])
         rows = stage.rows(3, a, b)                                # (b-a, F', C)
-        flat[a:b] = rows.transpose(0, 2, 1).reshape(b - a, C * F3)
+        flat[a:b, ...] = xp.reshape(xp.permute_dims(rows, (0, 2, 1)), (b - a, C * F3))
     return nn.linear(flat, w.out_w, w.out_b)
 
 
@@ -301,11 +309,12 @@ def _halvings(n: int) -> list[int]:
 class _Stages:
     """Rows [a, b) of subsampling stage k (1: conv0, 2 and 3: depthwise + pointwise), + ReLU."""
 
-    def __init__(self, padded: np.ndarray, w: SubsamplingWeights, lengths: list[int],
+    def __init__(self, padded: Array, w: SubsamplingWeights, lengths: list[int],
                  widths: list[int], channels: int):
         self.padded, self.w, self.lengths, self.widths, self.C = padded, w, lengths, widths, channels
+        self.xp = namespace(padded)
 
-    def rows(self, k: int, a: int, b: int) -> np.ndarray:
+    def rows(self, k: int, a: int, b: int) -> Array:
         """(b-a, widths[k], C) float32 output rows of stage k, all inside [0, lengths[k])."""
         if k == 1:
             return self._conv0(a, b)
@@ -313,38 +322,37 @@ class _Stages:
                                   else (self.w.dw2_w, self.w.dw2_b, self.w.pw2_w, self.w.pw2_b))
         inputs = self._zero_padded(k - 1, 2 * a - 1, 2 * b)       # (2(b-a)+1, widths[k-1]+2, C)
         y = _depthwise_stride2(inputs, dw_w, dw_b, b - a, self.widths[k])  # (b-a, widths[k], C)
-        out = nn.linear(y.reshape(-1, self.C), pw_w, pw_b)
-        np.maximum(out, F32(0), out=out)
-        return out.reshape(b - a, self.widths[k], self.C)
+        out = nn.relu(nn.linear(self.xp.reshape(y, (-1, self.C)), pw_w, pw_b))
+        return self.xp.reshape(out, (b - a, self.widths[k], self.C))
 
-    def _conv0(self, a: int, b: int) -> np.ndarray:
+    def _conv0(self, a: int, b: int) -> Array:
         """Conv2d(1 -> C, 3x3, stride 2, pad 1) + ReLU as a (rows*F1, 9) @ (9, C) product."""
-        window = self.padded[2 * a:2 * b + 1]                                       # (2(b-a)+1, 82)
-        patches = np.lib.stride_tricks.sliding_window_view(window, (3, 3))[::2, ::2]  # (b-a, F1, 3, 3)
-        out = nn.linear(patches.reshape(-1, 9), self.w.conv0_w, self.w.conv0_b)    # (rows*F1, C)
-        np.maximum(out, F32(0), out=out)
-        return out.reshape(b - a, self.widths[1], self.C)
+        xp, n, width = self.xp, b - a, self.widths[1]
+        window = self.padded[2 * a:2 * b + 1, :]                                      # (2(b-a)+1, 82)
+        taps = [window[di:di + 2 * n - 1:2, dj:dj + 2 * width - 1:2] for di in range(3) for dj in range(3)]
+        patches = xp.reshape(xp.stack(taps, axis=-1), (-1, 9))                        # (rows*F1, 9)
+        out = nn.relu(nn.linear(patches, self.w.conv0_w, self.w.conv0_b))            # (rows*F1, C)
+        return xp.reshape(out, (n, width, self.C))
 
-    def _zero_padded(self, k: int, lo: int, hi: int) -> np.ndarray:
+    def _zero_padded(self, k: int, lo: int, hi: int) -> Array:
         """Rows [lo, hi) of stage k with a zero column each side and zero rows outside the signal."""
-        buf = np.zeros((hi - lo, self.widths[k] + 2, self.C), dtype=F32)
+        buf = self.xp.zeros((hi - lo, self.widths[k] + 2, self.C), dtype=self.xp.float32)
         a, b = max(lo, 0), min(hi, self.lengths[k])
         if a < b:
-            buf[a - lo:b - lo, 1:-1] = self.rows(k, a, b)
+            buf[a - lo:b - lo, 1:-1, :] = self.rows(k, a, b)
         return buf
 
 
-def _depthwise_stride2(inputs: np.ndarray, w_9c: np.ndarray, b_c: np.ndarray, n_rows: int,
-                       width: int) -> np.ndarray:
+def _depthwise_stride2(inputs: Array, w_9c: Array, b_c: Array, n_rows: int, width: int) -> Array:
     """Depthwise 3x3 stride-2 conv of zero-padded (2 n_rows + 1, W + 2, C) -> (n_rows, width, C)."""
-    out = np.empty((n_rows, width, inputs.shape[2]), dtype=F32)
-    tmp = np.empty_like(out)
+    out = None
     for tap in range(9):
         di, dj = divmod(tap, 3)
-        view = inputs[di:di + 2 * n_rows - 1:2, dj:dj + 2 * width - 1:2]    # (n_rows, width, C)
-        np.multiply(view, w_9c[tap], out=out if tap == 0 else tmp)
-        if tap:
-            out += tmp
+        view = inputs[di:di + 2 * n_rows - 1:2, dj:dj + 2 * width - 1:2, :]    # (n_rows, width, C)
+        if out is None:
+            out = view * w_9c[tap, :]
+        else:
+            out += view * w_9c[tap, :]
     out += b_c
     return out
 
@@ -352,105 +360,118 @@ def _depthwise_stride2(inputs: np.ndarray, w_9c: np.ndarray, b_c: np.ndarray, n_
 # ---------------------------------------------------------------------------------------------
 # Conformer (§7.2 steps 3-7)
 
-def relative_bias(n_frames: int, table: np.ndarray, max_distance: int) -> np.ndarray:
+def relative_bias(n_frames: int, table: Array, max_distance: int) -> Array:
     """(2M, n_heads) T5 table -> (n_heads, L, L) bias: table[clamp(j - i, -M, M-1) + M] (§7.2 step 5)."""
+    xp = namespace(table)
     pos = np.arange(n_frames)
     rel = np.clip(pos[None, :] - pos[:, None], -max_distance, max_distance - 1) + max_distance
-    return np.ascontiguousarray(table[rel].transpose(2, 0, 1))
+    gathered = xp.take(table, xp.asarray(rel.reshape(-1)), axis=0)          # (L*L, n_heads)
+    return contiguous(xp, xp.permute_dims(xp.reshape(gathered, (n_frames, n_frames, table.shape[1])), (2, 0, 1)))
 
 
-def encode_features(features_tf: np.ndarray, weights: AudioWeights,
-                    mask_chunk_padding: bool = False) -> np.ndarray:
-    """(T, 80) float32 log-mel -> (ceil(T/8), A) float32 Conformer output (§7.2).
+def encode_features(features_tf: Array, weights: AudioWeights,
+                    mask_chunk_padding: bool = False) -> Array:
+    """(T, 80) float32 log-mel -> (ceil(T/8), A) float32 Conformer output (§7.2), in the weights'
+    namespace (features of another namespace are moved there).
 
     More than 500 subsampled frames run as independent 500-frame chunks, the last one padded with
     zero rows that are attended to, as in the reference (§7.2 step 4). `mask_chunk_padding=True`
     hides those rows from attention instead (not the reference's behaviour; for tests).
     """
     cfg = weights.config
-    if features_tf.ndim != 2 or features_tf.shape[1] != cfg.input_size or len(features_tf) == 0:
-        raise ValueError(f"audio features are {features_tf.shape}, expected (T >= 1, {cfg.input_size})")
-    x = features_tf.astype(F32) - weights.cmvn_mean                # (T, 80)
+    xp = namespace(weights.cmvn_mean)
+    features_tf = xp.asarray(features_tf)
+    if features_tf.ndim != 2 or features_tf.shape[1] != cfg.input_size or features_tf.shape[0] == 0:
+        raise ValueError(f"audio features are {tuple(features_tf.shape)}, expected (T >= 1, {cfg.input_size})")
+    x = xp.astype(features_tf, xp.float32) - weights.cmvn_mean    # (T, 80)
     x *= weights.cmvn_invstd
     x = subsample(x, weights.subsampling, cfg)                     # (T', A)
-    n_frames = len(x)
+    n_frames = x.shape[0]
     L = n_frames if n_frames <= CHUNK_FRAMES else CHUNK_FRAMES
     n_chunks = -(-n_frames // L)
-    hidden = np.zeros((n_chunks * L, cfg.attention_dim), dtype=F32)  # (n_chunks*L, A)
-    hidden[:n_frames] = x
+    hidden = xp.zeros((n_chunks * L, cfg.attention_dim), dtype=xp.float32)  # (n_chunks*L, A)
+    hidden[:n_frames, ...] = x
     n_keys = [L] * n_chunks
     if mask_chunk_padding:
         n_keys[-1] = n_frames - (n_chunks - 1) * L
     bias = relative_bias(L, weights.rel_bias, cfg.bias_max_distance)  # (n_heads, L, L)
     for block in weights.blocks:
         _conformer_block(hidden, _upcast(block), bias, cfg, n_keys)
-    return hidden[:n_frames]
+    return hidden[:n_frames, ...]
 
 
-def _conformer_block(x: np.ndarray, w: BlockWeights, bias: np.ndarray, cfg: AudioConfig,
+def _conformer_block(x: Array, w: BlockWeights, bias: Array, cfg: AudioConfig,
                      n_keys: list[int]) -> None:
     """In place on (n_chunks*L, A): x += FFN/2; x += MHSA(LN x); x += Conv(x); x += FFN/2; LN."""
     eps = cfg.layer_norm_eps
     y = _feed_forward(x, w.ffn_in, eps)
-    y *= F32(0.5)
+    y *= 0.5
     x += y
     x += _self_attention(nn.layer_norm(x, w.attn_norm_w, w.attn_norm_b, eps), w, bias, cfg, n_keys)
     x += _conv_module(x, w, eps, len(n_keys))
     y = _feed_forward(x, w.ffn_out, eps)
-    y *= F32(0.5)
+    y *= 0.5
     x += y
     nn.layer_norm(x, w.out_norm_w, w.out_norm_b, eps, out=x)
 
 
-def _feed_forward(x: np.ndarray, w: FFNWeights, eps: float) -> np.ndarray:
+def _feed_forward(x: Array, w: FFNWeights, eps: float) -> Array:
     """LN -> Linear(A, 2U) -> value (first U) * swish(gate (last U)) -> Linear(U, A)."""
     up = nn.linear(nn.layer_norm(x, w.norm_w, w.norm_b, eps), w.up_w, w.up_b)  # (N, 2U)
     U = up.shape[1] // 2
     value = up[:, :U]
-    value *= nn.silu_(up[:, U:])
+    value *= nn.silu(up[:, U:])
     return nn.linear(value, w.down_w, w.down_b)
 
 
-def _self_attention(h: np.ndarray, w: BlockWeights, bias: np.ndarray, cfg: AudioConfig,
-                    n_keys: list[int]) -> np.ndarray:
-    """MHSA within each chunk: softmax(q k^T / sqrt(hd) + rel bias) v, then the output Linear."""
+def _self_attention(h: Array, w: BlockWeights, bias: Array, cfg: AudioConfig,
+                    n_keys: list[int]) -> Array:
+    """MHSA within each chunk: softmax(q k^T / sqrt(hd) + rel bias) v, then the output Linear.
+    NumPy runs one head at a time; other namespaces run a chunk's heads as one stacked product."""
+    xp = namespace(h)
     n_heads, hd = cfg.n_heads, cfg.head_dim
-    L = len(h) // len(n_keys)
+    L = h.shape[0] // len(n_keys)
     q = nn.linear(h, w.q_w, w.q_b)                                # (N, A)
-    q *= F32(hd ** -0.5)
+    q *= hd ** -0.5
     k, v = nn.linear(h, w.k_w, w.k_b), nn.linear(h, w.v_w, w.v_b)
-    out = np.empty_like(h)                                         # (N, A)
+    out = xp.empty_like(h)                                         # (N, A)
     for c, n in enumerate(n_keys):
-        qc, kc, vc = (t[c * L:(c + 1) * L].reshape(L, n_heads, hd).transpose(1, 0, 2).copy()
+        qc, kc, vc = (contiguous(xp, xp.permute_dims(xp.reshape(t[c * L:(c + 1) * L, ...], (L, n_heads, hd)),
+                                                     (1, 0, 2)))
                       for t in (q, k, v))                           # (n_heads, L, hd)
-        heads = out[c * L:(c + 1) * L].reshape(L, n_heads, hd)
-        for i in range(n_heads):
-            heads[:, i] = nn.attention_head(qc[i], kc[i, :n], vc[i, :n], bias[i, :, :n])
+        if is_numpy(xp):
+            for i in range(n_heads):
+                out[c * L:(c + 1) * L, i * hd:(i + 1) * hd] = nn.attention(
+                    qc[i, ...], kc[i, :n, :], vc[i, :n, :], bias[i, :, :n])
+        else:
+            o = nn.attention(qc, kc[:, :n, :], vc[:, :n, :], bias[:, :, :n])  # (n_heads, L, hd)
+            out[c * L:(c + 1) * L, :] = xp.reshape(xp.permute_dims(o, (1, 0, 2)), (L, n_heads * hd))
     return nn.linear(out, w.out_w, w.out_b)
 
 
-def _conv_module(x: np.ndarray, w: BlockWeights, eps: float, n_chunks: int) -> np.ndarray:
+def _conv_module(x: Array, w: BlockWeights, eps: float, n_chunks: int) -> Array:
     """LN -> GLU pointwise -> causal depthwise conv (per chunk) -> pointwise -> swish -> ext_pw."""
+    xp = namespace(x)
     A = x.shape[1]
     g = nn.linear(nn.layer_norm(x, w.conv_norm_w, w.conv_norm_b, eps), w.glu_w, w.glu_b)  # (N, 2A)
     value, gate = g[:, :A], g[:, A:]
     value += w.glu_b1
     gate += w.glu_b2
-    value *= nn.silu_(gate)
-    y = _causal_depthwise(value.reshape(n_chunks, -1, A), w.dw_w, w.dw_b)  # (n_chunks, L, A)
-    y = nn.linear(y.reshape(-1, A), w.dw_pw_w, w.dw_pw_b)
-    return nn.linear(nn.silu_(y), w.ext_pw_w, w.ext_pw_b)
+    value *= nn.silu(gate)
+    y = _causal_depthwise(xp.reshape(value, (n_chunks, -1, A)), w.dw_w, w.dw_b)  # (n_chunks, L, A)
+    y = nn.linear(xp.reshape(y, (-1, A)), w.dw_pw_w, w.dw_pw_b)
+    return nn.linear(nn.silu(y), w.ext_pw_w, w.ext_pw_b)
 
 
-def _causal_depthwise(x: np.ndarray, w_ka: np.ndarray, b_a: np.ndarray) -> np.ndarray:
+def _causal_depthwise(x: Array, w_ka: Array, b_a: Array) -> Array:
     """(n_chunks, L, A) -> same: out[t] = sum_k w[k] x[t - (K-1) + k] + b, zeros before t = 0
     (Conv1d with padding K-1 on both sides, last K-1 outputs dropped)."""
     K, L = w_ka.shape[0], x.shape[1]
-    out = x * w_ka[K - 1]
+    out = x * w_ka[K - 1, :]
     for k in range(K - 1):
         shift = K - 1 - k
         if shift < L:
-            out[:, shift:] += x[:, :L - shift] * w_ka[k]
+            out[:, shift:, :] += x[:, :L - shift, :] * w_ka[k, :]
     out += b_a
     return out
 
@@ -458,7 +479,7 @@ def _causal_depthwise(x: np.ndarray, w_ka: np.ndarray, b_a: np.ndarray) -> np.nd
 # ---------------------------------------------------------------------------------------------
 # Projection (§7.3) and the whole path
 
-def project(hidden: np.ndarray, weights: AudioWeights, head: str) -> np.ndarray:
+def project(hidden: Array, weights: AudioWeights, head: str) -> Array:
     """(T', A) -> (T', H): Linear -> exact GELU -> Linear of the `head` projector ("speech" for
     audio-only requests, "vision" when the request also has an image)."""
     if head not in weights.projectors:
@@ -469,8 +490,10 @@ def project(hidden: np.ndarray, weights: AudioWeights, head: str) -> np.ndarray:
     return nn.linear(up, w.down_w, w.down_b)
 
 
-def encode_audio(samples: np.ndarray, sample_rate_hz: int, weights: AudioWeights, head: str) -> np.ndarray:
+def encode_audio(samples: np.ndarray, sample_rate_hz: int, weights: AudioWeights, head: str) -> Array:
     """Mono waveform (N,) at any rate -> (n_tokens, H) float32 rows to splice at the audio
-    placeholders (§7.4): to_model_rate -> log_mel -> encode_features -> project."""
+    placeholders (§7.4), in the weights' namespace: to_model_rate (on the host) -> log_mel ->
+    encode_features -> project."""
     wave, rate_hz = features.to_model_rate(samples, sample_rate_hz)
-    return project(encode_features(features.log_mel(wave, rate_hz), weights), weights, head)
+    xp = namespace(weights.cmvn_mean)
+    return project(encode_features(features.log_mel(xp.asarray(wave), rate_hz), weights), weights, head)

@@ -1,18 +1,23 @@
-"""Waveform -> log-mel features: resampling to the model rate and the SpeechLib 80-bin log-mel of
-`Phi4MMAudioFeatureExtractor` (model-spec.md §7.1). Pure: numpy + scipy.signal, no I/O.
+"""Waveform -> log-mel features: resampling to the model rate (NumPy, on the host) and the SpeechLib
+80-bin log-mel of `Phi4MMAudioFeatureExtractor` (model-spec.md §7.1) in any array API namespace.
+Pure: numpy + scipy.signal + array_api_compat, no I/O.
 """
 
 from __future__ import annotations
 
 import math
 from functools import cache
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 from scipy.signal import resample_poly
 
+from phi4mm.arrays import is_array, namespace
 from phi4mm.errors import InputError
 
 F32 = np.float32
+Array = Any  # an array of the caller's namespace
 MODEL_RATES_HZ = (16000, 8000)   # rates the extractor takes as they are (§7.1 step 2)
 N_MELS = 80
 MEL_FMAX_HZ = 7690.0             # SpeechLib bank: fmin 0, fmax 7690 Hz (§7.1 step 5)
@@ -92,16 +97,19 @@ def mel_bank() -> np.ndarray:
     return bank
 
 
-@cache
-def _hamming(win: int) -> np.ndarray:
-    """Symmetric Hamming window 0.54 - 0.46 cos(2 pi n / (win - 1)), float64 as the reference's."""
-    window = np.hamming(win)
-    window.flags.writeable = False
-    return window
+def hamming(xp: ModuleType, win: int) -> Array:
+    """Symmetric Hamming window 0.54 + 0.46 cos(pi n / (win - 1)), n = 1-win, 3-win, ..., win-1,
+    in float64 as the reference's; computed here (not in the array API standard) with the operations
+    and order of numpy.hamming, so under NumPy it is that window bit for bit."""
+    if win == 1:
+        return xp.ones(1, dtype=xp.float64)
+    n = xp.arange(1 - win, win, 2, dtype=xp.float64)
+    return 0.54 + 0.46 * xp.cos(math.pi * n / (win - 1))
 
 
-def log_mel(samples: np.ndarray, sample_rate_hz: int, pre_emphasis: float = 0.97) -> np.ndarray:
-    """Mono waveform (N,) at 16000 or 8000 Hz -> (T, 80) float32 log-mel, T = (N - win) // hop + 1.
+def log_mel(samples: Array, sample_rate_hz: int, pre_emphasis: float = 0.97) -> Array:
+    """Mono waveform (N,) at 16000 or 8000 Hz -> (T, 80) float32 log-mel, T = (N - win) // hop + 1,
+    in the samples' array namespace (NumPy for anything that is not an array).
 
     §7.1 steps 3-7: per-frame pre-emphasis (y'[0] = y[0] - 0.97 y[0]), x32768, symmetric Hamming,
     power spectrum, SpeechLib mel bank, log(max(., 1)). `pre_emphasis=0` disables it (for tests).
@@ -111,36 +119,43 @@ def log_mel(samples: np.ndarray, sample_rate_hz: int, pre_emphasis: float = 0.97
     if sample_rate_hz not in FRAMING:
         raise InputError(f"log-mel sample rate is {sample_rate_hz!r} Hz, expected one of {MODEL_RATES_HZ} "
                          "(call to_model_rate first)", param="audio")
-    samples = np.asarray(samples, dtype=F32)
+    if not is_array(samples):
+        samples = np.asarray(samples)
+    xp = namespace(samples)
+    samples = xp.astype(samples, xp.float32, copy=False)
     win, hop, _ = FRAMING[sample_rate_hz]
-    if samples.ndim != 1 or len(samples) < win:
-        raise InputError(f"audio samples have shape {samples.shape}, expected a 1-D waveform of at "
+    if samples.ndim != 1 or samples.shape[0] < win:
+        raise InputError(f"audio samples have shape {tuple(samples.shape)}, expected a 1-D waveform of at "
                          f"least {win} samples at {sample_rate_hz} Hz", param="audio")
-    frames = np.lib.stride_tricks.sliding_window_view(samples, win)[::hop]   # (T, win) view
-    bank_t = np.ascontiguousarray(mel_bank().T)                               # (257, 80)
-    out = np.empty((len(frames), N_MELS), dtype=F32)                          # (T, 80)
-    for start in range(0, len(frames), FRAMES_PER_CHUNK):
-        part = slice(start, start + FRAMES_PER_CHUNK)
-        power = _power_spectrum(frames[part], sample_rate_hz, F32(pre_emphasis))  # (t, 257)
+    n_frames = (samples.shape[0] - win) // hop + 1
+    bank_t = xp.asarray(np.ascontiguousarray(mel_bank().T))                   # (257, 80)
+    window = hamming(xp, win)
+    out = xp.empty((n_frames, N_MELS), dtype=xp.float32)                      # (T, 80)
+    for start in range(0, n_frames, FRAMES_PER_CHUNK):
+        stop = min(start + FRAMES_PER_CHUNK, n_frames)
+        starts = np.arange(start, stop) * hop                                 # frame t: samples [t hop, t hop + win)
+        index = (starts[:, None] + np.arange(win)[None, :]).reshape(-1)
+        frames = xp.reshape(xp.take(samples, xp.asarray(index)), (stop - start, win))  # (t, win)
+        power = _power_spectrum(frames, sample_rate_hz, float(np.float32(pre_emphasis)), window)  # (t, 257)
         fbank = power @ bank_t
-        np.maximum(fbank, F32(1.0), out=fbank)
-        np.log(fbank, out=out[part])
+        out[start:stop, ...] = xp.log(xp.maximum(fbank, xp.ones((), dtype=xp.float32)))
     return out
 
 
-def _power_spectrum(frames: np.ndarray, sample_rate_hz: int, pre_emphasis: np.float32) -> np.ndarray:
+def _power_spectrum(frames: Array, sample_rate_hz: int, pre_emphasis: float, window: Array) -> Array:
     """(t, win) float32 frames -> (t, 257) float32 |rfft|^2 on the 16 kHz bin layout (§7.1 step 4)."""
+    xp = namespace(frames)
     win, _, n_fft = FRAMING[sample_rate_hz]
-    y = np.empty(frames.shape, dtype=F32)                       # (t, win)
+    y = xp.empty(frames.shape, dtype=xp.float32)                # (t, win)
     y[:, 1:] = frames[:, 1:] - pre_emphasis * frames[:, :-1]
     y[:, 0] = frames[:, 0] - pre_emphasis * frames[:, 0]
-    y *= F32(32768)
-    spectrum = np.fft.rfft(y * _hamming(win), n=n_fft, axis=1).astype(np.complex64)  # (t, n_fft/2+1)
-    magnitude = np.abs(spectrum)                                # float32
-    power = np.zeros((len(frames), N_FFT_16K // 2 + 1), dtype=F32)
+    y *= 32768.0
+    spectrum = xp.astype(xp.fft.rfft(y * window, n=n_fft, axis=1), xp.complex64)  # (t, n_fft/2+1)
+    magnitude = xp.abs(spectrum)                                # float32
+    power = xp.zeros((frames.shape[0], N_FFT_16K // 2 + 1), dtype=xp.float32)
     if n_fft == N_FFT_16K:
-        np.multiply(magnitude, magnitude, out=power)
+        power[...] = magnitude * magnitude
     else:  # 8 kHz fillzero: keep bins 0..127 (0-3969 Hz), zeros up to 8 kHz, Nyquist dropped (§7.1 step 7)
         keep = n_fft // 2
-        np.multiply(magnitude[:, :keep], magnitude[:, :keep], out=power[:, :keep])
+        power[:, :keep] = magnitude[:, :keep] * magnitude[:, :keep]
     return power

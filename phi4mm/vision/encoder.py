@@ -1,5 +1,7 @@
-"""The image encoder in numpy float32: pixels -> SigLIP-NaViT features (layer -2) -> 2x2 average
-pool -> HD layout with separators -> projector rows (model-spec.md §6). Pure: numpy + stdlib only.
+"""The image encoder in float32: pixels -> SigLIP-NaViT features (layer -2) -> 2x2 average pool ->
+HD layout with separators -> projector rows (model-spec.md §6). The arithmetic runs in the array
+namespace of the weights (NumPy by default, CuPy on a GPU: phi4mm.arrays); masks and the patch plan
+stay NumPy. Pure: numpy + array_api_compat + stdlib.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from phi4mm import nn
+from phi4mm.arrays import chunk_rows, is_numpy, matmul_into, namespace, scatter_rows
 from phi4mm.errors import ConfigError
 from phi4mm.weights import meta_value
 
@@ -21,6 +25,7 @@ if TYPE_CHECKING:  # only its attributes are read: importing vision must not imp
     from phi4mm.vision.preprocess import ImageCrops
 
 F32 = np.float32
+Array = Any  # an array of the weights' namespace (NumPy, CuPy, ...)
 KEY = "phi4mm.vision."
 # Metadata values this implementation computes; anything else is a model it does not implement.
 SUPPORTED = {"hidden_act": ("gelu_pytorch_tanh",), "projector_act": ("gelu_erf",),
@@ -91,14 +96,20 @@ class LayerWeights:
 
 
 def float32_layer(w: LayerWeights) -> LayerWeights:
-    """The layer with float32 matrices: itself if already float32, else upcast copies (q scaled)."""
-    if w.qkv_w.dtype == F32:
-        return w
-    qkv_w = w.qkv_w.astype(F32)
-    qkv_w[:qkv_w.shape[0] // 3] *= F32(w.q_scale)
-    return LayerWeights(ln1_w=w.ln1_w, ln1_b=w.ln1_b, qkv_w=qkv_w, qkv_b=w.qkv_b, out_w=w.out_w.astype(F32),
-                        out_b=w.out_b, ln2_w=w.ln2_w, ln2_b=w.ln2_b, up_w=w.up_w.astype(F32), up_b=w.up_b,
-                        down_w=w.down_w.astype(F32), down_b=w.down_b)
+    """The layer with float32 matrices: itself if already float32, else upcast copies (q scaled),
+    in the weights' namespace (on a GPU the float16 copy stays resident, the upcast is per use)."""
+    xp = namespace(w.qkv_w)
+    if w.qkv_w.dtype == xp.float32 and w.q_scale == 1.0:  # (a float16 layer moved to a namespace
+        return w                                           # without float16 is float32, unscaled)
+    qkv_w = xp.astype(w.qkv_w, xp.float32)
+    qkv_w[:qkv_w.shape[0] // 3, ...] *= w.q_scale
+
+    def up(m: Array) -> Array:
+        return xp.astype(m, xp.float32)
+
+    return LayerWeights(ln1_w=w.ln1_w, ln1_b=w.ln1_b, qkv_w=qkv_w, qkv_b=w.qkv_b, out_w=up(w.out_w),
+                        out_b=w.out_b, ln2_w=w.ln2_w, ln2_b=w.ln2_b, up_w=up(w.up_w), up_b=w.up_b,
+                        down_w=up(w.down_w), down_b=w.down_b)
 
 
 @dataclass(frozen=True)
@@ -187,29 +198,32 @@ def position_ids(patch_mask: np.ndarray) -> np.ndarray:
     return np.where(patch_mask, ids, 0).reshape(n_crops, side * side).astype(np.int64)
 
 
-def siglip_features(pixels_nchw: np.ndarray, patch_mask: np.ndarray, weights: VisionWeights,
+def siglip_features(pixels_nchw: Array, patch_mask: np.ndarray, weights: VisionWeights,
                     crops_per_batch: int = CROPS_PER_BATCH, n_workers: int = 1,
-                    use_key_mask: bool = True) -> np.ndarray:
-    """(n_crops, 3, 448, 448) float32 pixels in [-1, 1] + (n_crops, 32, 32) bool mask ->
-    (n_crops, 1024, D) float32: the output of the last run layer (= reference hidden_states[-2]).
+                    use_key_mask: bool = True) -> Array:
+    """(n_crops, 3, 448, 448) float32 pixels in [-1, 1] + (n_crops, 32, 32) bool mask (NumPy) ->
+    (n_crops, 1024, D) float32 in the weights' namespace: the output of the last run layer
+    (= reference hidden_states[-2]).
 
-    `n_workers` > 1 spreads row blocks and attention heads over that many threads: pair it with a
-    single-threaded BLAS (see encode_image). `use_key_mask=False` lets padded patches be attended
-    to (vLLM's behaviour, §9.4), for tests.
+    `n_workers` > 1 spreads row blocks and attention heads over that many threads (NumPy): pair it
+    with a single-threaded BLAS (see encode_image). `use_key_mask=False` lets padded patches be
+    attended to (vLLM's behaviour, §9.4), for tests.
     """
     live = np.ones(patch_mask.shape, dtype=bool)
     return _tower(pixels_nchw, patch_mask, live, weights, crops_per_batch, n_workers, use_key_mask)
 
 
-def _tower(pixels_nchw: np.ndarray, patch_mask: np.ndarray, live: np.ndarray,
+def _tower(pixels_nchw: Array, patch_mask: np.ndarray, live: np.ndarray,
            weights: VisionWeights, crops_per_batch: int, n_workers: int,
-           use_key_mask: bool = True) -> np.ndarray:
+           use_key_mask: bool = True) -> Array:
     """Run only the `live` patches of each crop (the rest are returned as zeros), layer by layer
     over groups of crops: each layer's weights are upcast once (f16 files) and then applied to
-    every group, whose activation buffers are shared (one group is computed at a time)."""
+    every group, whose activation buffers are shared (one group is computed at a time). Masks,
+    positions and the plan are NumPy on the host; activations live in the weights' namespace."""
     cfg = weights.config
-    n_crops, T = len(pixels_nchw), cfg.side ** 2
-    features = np.zeros((n_crops, T, cfg.hidden_size), dtype=F32)  # (n_crops, T, D)
+    xp = namespace(weights.patch_w)
+    n_crops, T = pixels_nchw.shape[0], cfg.side ** 2
+    features = xp.zeros((n_crops, T, cfg.hidden_size), dtype=xp.float32)  # (n_crops, T, D)
     ids = position_ids(patch_mask)
     pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
     plans = []
@@ -219,10 +233,10 @@ def _tower(pixels_nchw: np.ndarray, patch_mask: np.ndarray, live: np.ndarray,
         keys = [None if m.all() or not use_key_mask or not m.any() else np.flatnonzero(m[t])
                 for m, t in zip(patch_mask[group].reshape(-1, T), tokens, strict=True)]
         plans.append((start, group, tokens, keys))
-    buffers = _buffers(max(sum(len(t) for t in tokens) for _, _, tokens, _ in plans), cfg, n_workers)
+    buffers = _buffers(xp, max(sum(len(t) for t in tokens) for _, _, tokens, _ in plans), cfg)
     groups = []
     for start, group, tokens, keys in plans:
-        x = _embed(pixels_nchw[group], ids[group], tokens, weights)  # (sum of live, D)
+        x = _embed(pixels_nchw[group, ...], ids[group], tokens, weights)  # (sum of live, D)
         groups.append((start, tokens, x, _Workspace(tokens, keys, cfg, n_workers, buffers)))
     try:
         for layer in weights.layers:
@@ -234,24 +248,26 @@ def _tower(pixels_nchw: np.ndarray, patch_mask: np.ndarray, live: np.ndarray,
             pool.shutdown()
     for start, tokens, x, work in groups:
         for c, t in enumerate(tokens):
-            features[start + c, t] = x[work.spans[c]]
+            scatter_rows(xp, features[start + c, ...], t, x[work.spans[c], ...])
     return features
 
 
-def _embed(pixels_nchw: np.ndarray, ids: np.ndarray, tokens: list[np.ndarray],
-           weights: VisionWeights) -> np.ndarray:
+def _embed(pixels_nchw: Array, ids: np.ndarray, tokens: list[np.ndarray],
+           weights: VisionWeights) -> Array:
     """Patch embedding (Conv2d k=s=P as a matmul) + position embedding, live patches only."""
-    n = len(pixels_nchw)
+    xp = namespace(weights.patch_w)
+    n = pixels_nchw.shape[0]
     P, side = weights.config.patch_size, weights.config.side
-    if pixels_nchw.shape[1:] != (3, side * P, side * P):
-        raise ValueError(f"pixels are {pixels_nchw.shape}, "
+    if tuple(pixels_nchw.shape[1:]) != (3, side * P, side * P):
+        raise ValueError(f"pixels are {tuple(pixels_nchw.shape)}, "
                          f"expected (n_crops, 3, {side * P}, {side * P})")
-    patches = pixels_nchw.astype(F32, copy=False).reshape(n, 3, side, P, side, P)
-    patches = patches.transpose(0, 2, 4, 1, 3, 5).reshape(n, side * side, 3 * P * P)
-    rows = np.concatenate([patches[c, t] for c, t in enumerate(tokens)])        # (N, 3*P*P)
+    patches = xp.reshape(xp.astype(xp.asarray(pixels_nchw), xp.float32, copy=False), (n, 3, side, P, side, P))
+    patches = xp.reshape(xp.permute_dims(patches, (0, 2, 4, 1, 3, 5)), (n, side * side, 3 * P * P))
+    rows = xp.concat([xp.take(patches[c, ...], xp.asarray(t), axis=0) for c, t in enumerate(tokens)])
     x = rows @ weights.patch_w.T                                               # (N, D)
     x += weights.patch_b
-    x += weights.position[np.concatenate([ids[c, t] for c, t in enumerate(tokens)])]
+    x += xp.take(weights.position, xp.asarray(np.concatenate([ids[c, t] for c, t in enumerate(tokens)])),
+                 axis=0)
     return x
 
 
@@ -268,55 +284,53 @@ class _Workspace:
         self.row_blocks = [slice(int(a), int(b)) for a, b in pairwise(cuts)]
         heads = np.array_split(np.arange(cfg.n_heads), n_workers)
         self.attention = [(span, key_idx, h) for span, key_idx in zip(self.spans, keys, strict=True)
-                          for h in heads]
+                          for h in heads if len(h)]
         n = int(bounds[-1])
-        self.h = shared["h"][:n]       # LN output, then attention output
-        self.y = shared["y"][:n]       # projection outputs before the residual add
-        self.qkv = shared["qkv"][:n]
-        self.up = shared["up"][:n]
-        self.gelu = shared["gelu"]
+        self.h = shared["h"][:n, ...]       # LN output, then attention output
+        self.y = shared["y"][:n, ...]       # projection outputs before the residual add
+        self.qkv = shared["qkv"][:n, ...]
+        self.up = shared["up"][:n, ...]
 
 
-def _buffers(n_rows: int, cfg: VisionConfig, n_workers: int) -> dict:
+def _buffers(xp: ModuleType, n_rows: int, cfg: VisionConfig) -> dict:
     """Activation buffers for the largest group (n_rows live patches), shared by every group."""
     D, F = cfg.hidden_size, cfg.intermediate_size
-    return {"h": np.empty((n_rows, D), F32), "y": np.empty((n_rows, D), F32),
-            "qkv": np.empty((n_rows, 3 * D), F32), "up": np.empty((n_rows, F), F32),
-            "gelu": [np.empty((GELU_ROWS, F), F32) for _ in range(n_workers)]}
+    return {name: xp.empty((n_rows, width), dtype=xp.float32)
+            for name, width in (("h", D), ("y", D), ("qkv", 3 * D), ("up", F))}
 
 
-def _encoder_layer(x: np.ndarray, w: LayerWeights, cfg: VisionConfig, work: _Workspace,
+def _encoder_layer(x: Array, w: LayerWeights, cfg: VisionConfig, work: _Workspace,
                    pool: ThreadPoolExecutor | None) -> None:
     """x += attn(LN1(x)); x += fc2(gelu_tanh(fc1(LN2(x)))), in place (pre-LN SigLIP, §6.1 step 4).
     Three phases; within one, every task writes its own rows, so they may run concurrently."""
     eps = cfg.layer_norm_eps
+    xp = namespace(x)
 
     def qkv(rows: slice) -> None:
-        nn.layer_norm(x[rows], w.ln1_w, w.ln1_b, eps, out=work.h[rows])
-        np.matmul(work.h[rows], w.qkv_w.T, out=work.qkv[rows])
-        work.qkv[rows] += w.qkv_b
+        nn.layer_norm(x[rows, ...], w.ln1_w, w.ln1_b, eps, out=work.h[rows, ...])
+        matmul_into(xp, work.h[rows, ...], w.qkv_w.T, work.qkv[rows, ...])
+        work.qkv[rows, ...] += w.qkv_b
 
     def attend(task: tuple) -> None:
         span, key_idx, heads = task
-        _attention(work.qkv[span], key_idx, heads, cfg.n_heads, out=work.h[span])
+        _attention(work.qkv[span, ...], key_idx, heads, cfg.n_heads, out=work.h[span, ...])
 
-    def mlp(block: tuple) -> None:
-        rows, gelu_tmp = block
-        h, y, up = work.h[rows], work.y[rows], work.up[rows]
-        np.matmul(h, w.out_w.T, out=y)
+    def mlp(rows: slice) -> None:
+        h, y, up = work.h[rows, ...], work.y[rows, ...], work.up[rows, ...]
+        matmul_into(xp, h, w.out_w.T, y)
         y += w.out_b
-        x[rows] += y
-        nn.layer_norm(x[rows], w.ln2_w, w.ln2_b, eps, out=h)
-        np.matmul(h, w.up_w.T, out=up)
+        x[rows, ...] += y
+        nn.layer_norm(x[rows, ...], w.ln2_w, w.ln2_b, eps, out=h)
+        matmul_into(xp, h, w.up_w.T, up)
         up += w.up_b
-        for r in range(0, len(up), GELU_ROWS):
-            nn.gelu_tanh_(up[r:r + GELU_ROWS], gelu_tmp)
-        np.matmul(up, w.down_w.T, out=y)
+        step = chunk_rows(xp, GELU_ROWS) or max(1, up.shape[0])
+        for r in range(0, up.shape[0], step):
+            up[r:r + step, ...] = nn.gelu_tanh(up[r:r + step, ...])
+        matmul_into(xp, up, w.down_w.T, y)
         y += w.down_b
-        x[rows] += y
+        x[rows, ...] += y
 
-    for fn, tasks in ((qkv, work.row_blocks), (attend, work.attention),
-                      (mlp, list(zip(work.row_blocks, work.gelu, strict=True)))):
+    for fn, tasks in ((qkv, work.row_blocks), (attend, work.attention), (mlp, work.row_blocks)):
         if pool is None:
             for task in tasks:
                 fn(task)
@@ -324,36 +338,44 @@ def _encoder_layer(x: np.ndarray, w: LayerWeights, cfg: VisionConfig, work: _Wor
             list(pool.map(fn, tasks))
 
 
-def _attention(qkv: np.ndarray, key_idx: np.ndarray | None, heads: np.ndarray, n_heads: int,
-               out: np.ndarray) -> None:
-    """Bidirectional MHA of one crop for `heads`: (T, 3D) -> their columns of out (T, D).
-    Keys outside `key_idx` are left out, which equals the reference's additive -inf/finfo.min on
-    their columns (exp gives exactly 0). Softmax is normalised after the PV product."""
+def _attention(qkv: Array, key_idx: np.ndarray | None, heads: np.ndarray, n_heads: int,
+               out: Array) -> None:
+    """Bidirectional MHA of one crop for `heads` (consecutive): (T, 3D) -> their columns of out
+    (T, D). Keys outside `key_idx` are left out, which equals the reference's additive
+    -inf/finfo.min on their columns (exp gives exactly 0). NumPy runs one head at a time (its
+    scores stay in cache); other namespaces run the heads as one stacked product."""
+    xp = namespace(qkv)
     T, D = out.shape
     hd = D // n_heads
-    qkv_heads = qkv.reshape(T, 3, n_heads, hd).transpose(1, 2, 0, 3)  # (3, heads, T, hd) view
-    q, k, v = qkv_heads[0], qkv_heads[1], qkv_heads[2]
+    qkv_heads = xp.permute_dims(xp.reshape(qkv, (T, 3, n_heads, hd)), (1, 2, 0, 3))  # (3, heads, T, hd)
+    q, k, v = qkv_heads[0, ...], qkv_heads[1, ...], qkv_heads[2, ...]
     if key_idx is not None:
-        k, v = k[:, key_idx], v[:, key_idx]                            # (heads, Tk, hd)
-    out_heads = out.reshape(T, n_heads, hd)
-    for h in heads:
-        out_heads[:, h] = nn.attention_head(q[h], k[h], v[h])
+        idx = xp.asarray(key_idx)
+        k, v = xp.take(k, idx, axis=1), xp.take(v, idx, axis=1)          # (heads, Tk, hd)
+    if is_numpy(xp):
+        for h in heads:
+            out[:, int(h) * hd:(int(h) + 1) * hd] = nn.attention(q[h, ...], k[h, ...], v[h, ...])
+        return
+    h0, h1 = int(heads[0]), int(heads[-1]) + 1
+    o = nn.attention(q[h0:h1, ...], k[h0:h1, ...], v[h0:h1, ...])         # (heads, T, hd)
+    out[:, h0 * hd:h1 * hd] = xp.reshape(xp.permute_dims(o, (1, 0, 2)), (T, (h1 - h0) * hd))
 
 
 # ---------------------------------------------------------------------------------------------
 # Compression, HD layout, projection (§6.2-6.4)
 
-def pool_2x2(features: np.ndarray) -> np.ndarray:
+def pool_2x2(features: Array) -> Array:
     """(n_crops, side*side, D) -> (n_crops, side*side/4, D): AvgPool2d(2, 2) over the patch grid,
     regardless of the mask (§6.2), summed in torch's order."""
+    xp = namespace(features)
     n, T, D = features.shape
     half = math.isqrt(T) // 2
-    f = features.reshape(n, half, 2, half, 2, D)
-    pooled = f[:, :, 0, :, 0] + f[:, :, 0, :, 1]
-    pooled += f[:, :, 1, :, 0]
-    pooled += f[:, :, 1, :, 1]
-    pooled *= F32(0.25)
-    return pooled.reshape(n, half * half, D)
+    f = xp.reshape(features, (n, half, 2, half, 2, D))
+    pooled = f[:, :, 0, :, 0, :] + f[:, :, 0, :, 1, :]
+    pooled += f[:, :, 1, :, 0, :]
+    pooled += f[:, :, 1, :, 1, :]
+    pooled *= 0.25
+    return xp.reshape(pooled, (n, half * half, D))
 
 
 def _useful(patch_mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, int, int]:
@@ -365,29 +387,29 @@ def _useful(patch_mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, 
     return ds, int(ds[:, 0].sum()), int(ds[0, :].sum())
 
 
-def hd_layout(pooled: np.ndarray, patch_mask: np.ndarray, grid: tuple[int, int],
-              sub_sep: np.ndarray, glb_sep: np.ndarray) -> np.ndarray:
+def hd_layout(pooled: Array, patch_mask: np.ndarray, grid: tuple[int, int],
+              sub_sep: Array, glb_sep: Array) -> Array:
     """Pooled (1 + gh*gw, 256, D) -> (uh*(uw+1) + 1 + 272, D) rows, `sub_glb` order (§6.3):
     [sub-crops tiled, cropped to uh x uw, sub_sep after each row] + glb_sep + [global + sub_sep]."""
+    xp = namespace(pooled)
     gh, gw = grid
     n, T, D = pooled.shape
     half = math.isqrt(T)
     if n < 1 + gh * gw:
         raise ValueError(f"{n} pooled crops for a {gh}x{gw} grid, expected {1 + gh * gw}")
-    glob = pooled[0].reshape(half, 1, half, D)
+    glob = xp.reshape(pooled[0, ...], (half, half, D))
     _, uh, uw = _useful(patch_mask, grid)
-    sub = pooled[1:1 + gh * gw].reshape(gh, gw, half, half, D)
-    sub = sub.transpose(0, 2, 1, 3, 4).reshape(gh * half, gw * half, D)[:uh, :uw]
+    sub = xp.reshape(pooled[1:1 + gh * gw, ...], (gh, gw, half, half, D))
+    sub = xp.reshape(xp.permute_dims(sub, (0, 2, 1, 3, 4)), (gh * half, gw * half, D))[:uh, :uw, :]
 
-    def with_separators(block: np.ndarray) -> np.ndarray:  # (rows, cols, D) -> (rows*(cols+1), D)
-        sep = np.broadcast_to(sub_sep, (block.shape[0], 1, D))
-        return np.concatenate([block, sep], axis=1).reshape(-1, D)
+    def with_separators(block: Array) -> Array:  # (rows, cols, D) -> (rows*(cols+1), D)
+        sep = xp.broadcast_to(xp.reshape(sub_sep, (1, 1, D)), (block.shape[0], 1, D))
+        return xp.reshape(xp.concat([block, sep], axis=1), (-1, D))
 
-    return np.concatenate([with_separators(sub), glb_sep[None, :],
-                           with_separators(glob.reshape(half, half, D))])
+    return xp.concat([with_separators(sub), xp.reshape(glb_sep, (1, D)), with_separators(glob)])
 
 
-def project(rows: np.ndarray, weights: VisionWeights) -> np.ndarray:
+def project(rows: Array, weights: VisionWeights) -> Array:
     """(n_tokens, D) -> (n_tokens, H): Linear -> exact (erf) GELU -> Linear (§6.4)."""
     hidden = rows @ weights.up_w.T   # (n_tokens, H)
     hidden += weights.up_b
@@ -398,8 +420,9 @@ def project(rows: np.ndarray, weights: VisionWeights) -> np.ndarray:
 
 
 def encode_image(crops: ImageCrops, weights: VisionWeights, crops_per_batch: int = CROPS_PER_BATCH,
-                 n_workers: int = 1) -> np.ndarray:
-    """One preprocessed image -> (n_tokens, H) float32 rows to splice at its placeholders (§6.5).
+                 n_workers: int = 1) -> Array:
+    """One preprocessed image -> (n_tokens, H) float32 rows to splice at its placeholders (§6.5),
+    in the weights' namespace (phi4mm.arrays.move puts the weights on a device).
 
     Only patches that reach the output are run: the valid ones (every key) and the padded ones
     that 2x2 pooling averages into a kept cell (§6.2); the rest never influence the rows.
@@ -411,8 +434,8 @@ def encode_image(crops: ImageCrops, weights: VisionWeights, crops_per_batch: int
     live = mask | _kept_patches(mask, grid)
     pooled = pool_2x2(_tower(crops.pixels_nchw, mask, live, weights, crops_per_batch, n_workers))
     rows = hd_layout(pooled, mask, grid, weights.sub_sep, weights.glb_sep)
-    if len(rows) != crops.n_tokens:
-        raise ValueError(f"the HD layout has {len(rows)} rows, ImageCrops says {crops.n_tokens}")
+    if rows.shape[0] != crops.n_tokens:
+        raise ValueError(f"the HD layout has {rows.shape[0]} rows, ImageCrops says {crops.n_tokens}")
     return project(rows, weights)
 
 
