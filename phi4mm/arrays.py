@@ -4,6 +4,7 @@ few operations the standard lacks, one named fallback each. Pure: numpy + array_
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields, is_dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -78,6 +79,19 @@ def move(obj: Any, xp: ModuleType) -> Any:
     return obj
 
 
+def arrays_of(obj: Any) -> list[Any]:
+    """Every array held by a weights dataclass (nested dataclasses, tuples and mappings included)."""
+    if is_array(obj):
+        return [obj]
+    if isinstance(obj, MappingProxyType | dict):
+        return [a for v in obj.values() for a in arrays_of(v)]
+    if isinstance(obj, tuple):
+        return [a for v in obj for a in arrays_of(v)]
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return [a for f in fields(obj) for a in arrays_of(getattr(obj, f.name))]
+    return []
+
+
 # ---------------------------------------------------------------------------------------------
 # Named fallbacks: what the standard does not have, or has in a form that would change NumPy's bits.
 
@@ -128,3 +142,18 @@ def scatter_rows(xp: ModuleType, target: Any, index: np.ndarray, rows: Any) -> N
 def is_array(obj: Any) -> bool:
     """Whether obj is an array of a namespace the encoders can compute in."""
     return compat.is_array_api_obj(obj)
+
+
+def nbytes(x: Any) -> int:
+    """Bytes held by an array of any namespace (the standard's arrays have no nbytes)."""
+    held = getattr(x, "nbytes", None)
+    if held is not None:
+        return int(held)
+    xp = namespace(x)
+    if xp.isdtype(x.dtype, "real floating"):
+        bits = xp.finfo(x.dtype).bits
+    elif xp.isdtype(x.dtype, "integral"):
+        bits = xp.iinfo(x.dtype).bits
+    else:
+        bits = 8
+    return math.prod(x.shape) * bits // 8

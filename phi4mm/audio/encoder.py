@@ -7,13 +7,13 @@ default, CuPy on a GPU: phi4mm.arrays). Pure: numpy + array_api_compat + stdlib.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from phi4mm import keys, nn
-from phi4mm.arrays import chunk_rows, contiguous, is_array, is_numpy, namespace
+from phi4mm.arrays import arrays_of, chunk_rows, contiguous, is_array, is_numpy, namespace, nbytes
 from phi4mm.audio import features
 from phi4mm.errors import ConfigError
 from phi4mm.weights import meta_value
@@ -163,7 +163,7 @@ class AudioWeights:
     @property
     def nbytes(self) -> int:
         """Bytes held by the weight arrays (views counted once per tensor)."""
-        return sum(a.nbytes for a in _arrays(self))
+        return sum(nbytes(a) for a in arrays_of(self))
 
 
 def load_weights(metadata: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> AudioWeights:
@@ -249,19 +249,6 @@ def _block_weights(get: _Getter, cfg: AudioConfig, i: int) -> BlockWeights:
 def _taps_first(w_ck: np.ndarray) -> np.ndarray:
     """(C, k) depthwise kernel -> contiguous (k, C): each tap's row broadcasts over channels."""
     return np.ascontiguousarray(w_ck.T)
-
-
-def _arrays(obj: Any) -> list[Any]:
-    """Every array held by a weights dataclass (nested dataclasses and mappings included)."""
-    if is_array(obj):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [a for v in obj.values() for a in _arrays(v)]
-    if isinstance(obj, tuple):
-        return [a for v in obj for a in _arrays(v)]
-    if is_dataclass(obj):
-        return [a for f in fields(obj) for a in _arrays(getattr(obj, f.name))]
-    return []
 
 
 def _upcast(obj: Any) -> Any:

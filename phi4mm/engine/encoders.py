@@ -1,7 +1,8 @@
 """Media reference + mode -> the rows spliced at its placeholders (model-spec.md §6, §7): loads
-and decodes the media, runs the numpy encoder of its kind, and keeps the projected rows in one
-byte-bounded LRU cache keyed by content and every setting that changes them. Encoder weights are
-read from their GGUF files on first use."""
+and decodes the media, runs the encoder of its kind on the encoder device (NumPy on the CPU, CuPy
+on a GPU: phi4mm.arrays), and keeps the projected rows, as NumPy, in one byte-bounded LRU cache
+keyed by content and every setting that changes them. Encoder weights are read from their GGUF
+files on first use and moved to the device once (float16 matrices stay float16 there)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phi4mm import keys, media
+from phi4mm import arrays, keys, media
 from phi4mm.audio import encoder as audio_encoder
 from phi4mm.engine.cache import RowCache
 from phi4mm.errors import Cancelled
@@ -37,6 +38,7 @@ class Encoders:
                  loader: media.InProcess | None = None, device: str = "cpu"):
         self.files = files
         self.device = device                  # "cpu" or "cuda" (EngineSettings.encoder_device)
+        self.xp = arrays.namespace_for(device)  # fails now, not on the first image, without CuPy
         self.loader = loader or media.InProcess()  # decodes encoded sources (maybe in worker processes)
         self.cache = RowCache(cache_bytes)
         self.dynamic_hd = dynamic_hd          # None: the checkpoint's value (36 for the real model)
@@ -88,7 +90,7 @@ class Encoders:
         if self._vision is None:
             contents = read_gguf(self.files.vision, keys.VISION_ARCH, keep_f16=True)
             self._checkpoint_dynamic_hd = int(contents.value(keys.VISION_PREFIX + "dynamic_hd"))
-            self._vision = vision_encoder.load_weights(contents.metadata, contents.tensors)
+            self._vision = arrays.move(vision_encoder.load_weights(contents.metadata, contents.tensors), self.xp)
         return self._vision
 
     # -- audio (§7) --------------------------------------------------------------------------
@@ -106,13 +108,18 @@ class Encoders:
         """The audio encoder's weights (large matrices kept as stored), loaded on the first clip."""
         if self._audio is None:
             contents = read_gguf(self.files.audio, keys.AUDIO_ARCH, keep_f16=True)
-            self._audio = audio_encoder.load_weights(contents.metadata, contents.tensors)
+            self._audio = arrays.move(audio_encoder.load_weights(contents.metadata, contents.tensors), self.xp)
         return self._audio
+
+    def weight_bytes(self) -> dict[str, int]:
+        """Bytes of the encoder weights loaded so far, per kind (on the encoder device)."""
+        loaded = {"vision": self._vision, "audio": self._audio}
+        return {kind: sum(arrays.nbytes(a) for a in arrays.arrays_of(w)) for kind, w in loaded.items() if w is not None}
 
     def _cached(self, key: str, compute: Callable[[], np.ndarray]) -> Span:
         rows = self.cache.get(key)
         if rows is None:
             started = time.perf_counter()
-            rows = compute()
+            rows = arrays.to_host(compute())
             self.cache.put(key, rows, time.perf_counter() - started)
         return Span(key, rows)
