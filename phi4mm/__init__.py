@@ -10,6 +10,7 @@ from phi4mm.errors import (
     InputError,
     MediaError,
     ModelNotFoundError,
+    OffloadWarning,
     OverloadedError,
     Phi4MMError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "AudioError",
     "MediaError",
     "ModelNotFoundError",
+    "OffloadWarning",
     "OverloadedError",
     "Phi4MM",
     "Phi4MMError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import numpy as np
 from phi4mm import store
 from phi4mm.engine import llama
 from phi4mm.engine.engine import Engine, EngineSettings, Stream
-from phi4mm.errors import InputError
+from phi4mm.engine.offload import Offload
+from phi4mm.errors import InputError, OffloadWarning
 from phi4mm.files import ModelFiles
 from phi4mm.media import MediaLimits
 from phi4mm.params import make_params
@@ -30,6 +32,8 @@ class Phi4MM:
         self.files = files
         self.name = name or files.source
         self.engine = Engine(files, settings or EngineSettings())
+        if self.engine.model.plan.warning:
+            warnings.warn(self.engine.model.plan.warning, OffloadWarning, stacklevel=2)
 
     @classmethod
     def from_pretrained(cls, model: str | Path = store.DEFAULT_MODEL, quant: str | None = None,
@@ -38,11 +42,17 @@ class Phi4MM:
                         media_limits: MediaLimits | None = None, flash_attn: bool = False,
                         use_mmap: bool = False, cache_dir: str | Path | None = None,
                         encoder_type: str = "f16", n_parallel: int = 1, prefill_chunk: int = 8,
-                        media_workers: int = 0,
+                        media_workers: int = 0, n_gpu_layers: int | None = None, main_gpu: int | None = None,
+                        encoder_device: str = "cpu",
                         progress: Callable[[str, int, int], None] | None = None) -> Phi4MM:
         """Load a converted directory, or convert a hub-layout directory / hub repo id once
         (into `cache_dir`, default ~/.cache/phi4mm) and load that. `media_workers` > 0 decodes
-        encoded images and audio in that many worker processes (phi4mm.media.isolation)."""
+        encoded images and audio in that many worker processes (phi4mm.media.isolation).
+        `n_gpu_layers`: decoder layers offloaded to the GPU (llama.cpp counts the output layer as
+        one); None: every layer when the installed llama.cpp has a GPU backend, else 0 (asking for
+        more without one warns with OffloadWarning and runs on the CPU). `main_gpu`: the GPU that
+        holds the whole decoder; None: llama.cpp splits the layers over every GPU.
+        `encoder_device`: where the image and audio encoders run, "cpu" or "cuda"."""
         if not isinstance(n_ctx, int) or n_ctx < 16:
             raise InputError(f"n_ctx is {n_ctx!r}, expected an integer >= 16", param="n_ctx")
         files = store.locate(model, quant, encoder_type, cache_dir, progress, n_threads)
@@ -50,8 +60,20 @@ class Phi4MM:
                                   use_mmap=use_mmap, dynamic_hd=dynamic_hd,
                                   media_cache_bytes=media_cache_mb << 20,
                                   media_limits=media_limits or MediaLimits(), n_parallel=n_parallel,
-                                  prefill_chunk=prefill_chunk, media_workers=media_workers)
+                                  prefill_chunk=prefill_chunk, media_workers=media_workers,
+                                  n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, encoder_device=encoder_device)
         return cls(files, settings, name=str(model))
+
+    @property
+    def offload(self) -> Offload:
+        """Where the decoder's layers are: `.n_gpu_layers` of `.n_layers` on `.devices`;
+        `.describe()` says it in one line."""
+        return self.engine.model.offload
+
+    def placement(self) -> dict:
+        """What sits where now: the decoder's layers, KV cells and LoRA adapters, the GPUs and
+        their free memory, the encoders' device (what the server's /health reports)."""
+        return self.engine.placement()
 
     def create_chat_completion(self, messages: Any, max_tokens: int | None = None,
                                temperature: float | None = None, top_p: float | None = None,

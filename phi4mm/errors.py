@@ -66,3 +66,8 @@ class Cancelled(Phi4MMError):
 
 class EngineError(Phi4MMError):
     """llama.cpp reported a failure that is not the caller's fault."""
+
+
+class OffloadWarning(UserWarning):
+    """GPU offload was asked for but cannot happen (the installed llama.cpp has no GPU backend);
+    the model runs on the CPU instead."""

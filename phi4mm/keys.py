@@ -27,3 +27,6 @@ AUDIO_PREFIX = "phi4mm.audio."
 # text decoder types `phi4mm convert --quant` writes, and the encoder files' types
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 ENCODER_TYPES = ("f16", "f32")
+
+# where the image and audio encoders may run (--encoder-device, EngineSettings.encoder_device)
+ENCODER_DEVICES = ("cpu", "cuda")

@@ -173,3 +173,49 @@ def test_extra_buffer_types_are_off_in_a_build_with_amx():
 
     assert not llama.use_extra_buffers("CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 | ")
     assert llama.use_extra_buffers("CPU : AVX2 = 1 | AVX512 = 1 | REPACK = 1 | ")
+
+
+def test_gpu_layers_on_this_build(tiny_q4):
+    """n_gpu_layers=10: without a GPU backend, an OffloadWarning that says so and where to get one,
+    then the CPU; with one, the tiny model's 3 layers (2 blocks + output) on the GPU. Either way
+    it generates, and placement() (what /health reports) says where everything is."""
+    from phi4mm import OffloadWarning
+    from phi4mm.engine import llama
+
+    if llama.gpu_offload_supported():
+        with Phi4MM.from_pretrained(tiny_q4, n_ctx=512, n_threads=2, n_gpu_layers=10) as model:
+            assert (model.offload.n_gpu_layers, model.offload.n_layers) == (3, 3)
+            _generates(model)
+            placed = model.placement()
+            assert placed["text_decoder"]["layers_on_gpu"] == 3 and placed["text_decoder"]["kv_on_gpu"] is True
+            assert placed["gpu"]["offload_supported"] is True and placed["gpu"]["devices"]
+        return
+    with pytest.warns(OffloadWarning) as caught:
+        model = Phi4MM.from_pretrained(tiny_q4, n_ctx=512, n_threads=2, n_gpu_layers=10)
+    with model:
+        (warning,) = caught
+        text = str(warning.message)
+        assert "GPU offload was asked for (10 decoder layers)" in text
+        assert "the installed llama-cpp-python has no GPU backend" in text and "runs on the CPU" in text
+        assert 'README, section "GPU"' in text and "-DGGML_CUDA=on" in text
+        assert model.offload.describe() == "decoder: on the CPU (this llama.cpp build has no GPU backend)"
+        _generates(model)
+        assert model.placement() == {
+            "text_decoder": {"layers_on_gpu": 0, "layers": 3, "devices": [], "kv_on_gpu": False,
+                             "lora": {"loaded": [], "on_gpu": False}},
+            "gpu": {"offload_supported": False, "devices": []},
+            "encoders": {"device": "cpu", "weight_bytes": {}},  # loaded on the first image / clip
+        }
+
+
+def _generates(model: Phi4MM) -> None:
+    out = model.create_chat_completion(HELLO, max_tokens=4, temperature=0)
+    assert out["usage"]["completion_tokens"] == 4 and out["choices"][0]["message"]["content"]
+
+
+def test_bad_device_settings_are_input_errors(tiny_q4):
+    for kwargs, param in (({"encoder_device": "tpu"}, "encoder_device"), ({"n_gpu_layers": -2}, "n_gpu_layers"),
+                          ({"main_gpu": -1}, "main_gpu")):
+        with pytest.raises(InputError) as caught:
+            Phi4MM.from_pretrained(tiny_q4, n_ctx=512, n_threads=2, **kwargs)
+        assert caught.value.param == param

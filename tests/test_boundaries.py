@@ -29,7 +29,7 @@ ALLOWED = {  # library -> files that may import it
     "array_api_strict": set(),                  # tests only
 }
 PURE = {"phi4mm/vision/preprocess.py", "phi4mm/vision/encoder.py", "phi4mm/prompt.py", "phi4mm/params.py",
-        "phi4mm/nn.py", "phi4mm/engine/streaming.py", "phi4mm/transcribe/windows.py",
+        "phi4mm/nn.py", "phi4mm/engine/streaming.py", "phi4mm/engine/offload.py", "phi4mm/transcribe/windows.py",
         "phi4mm/transcribe/instructions.py", "phi4mm/transcribe/results.py", "phi4mm/transcribe/formats.py",
         "converter/names.py"}  # numpy + standard library (+ Pillow resize)
 

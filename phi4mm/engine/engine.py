@@ -8,6 +8,7 @@ sequence's output and cancels it when closed or dropped.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from phi4mm import keys, media
-from phi4mm.engine import malloc
+from phi4mm.engine import llama, malloc
 from phi4mm.engine.contexts import Contexts, Item, n_rows
 from phi4mm.engine.encoders import Encoders, Span
 from phi4mm.engine.llama import ContextSettings, Model, Sampler, SamplerSettings, StopCheck
@@ -31,6 +32,9 @@ from phi4mm.usage import Usage
 
 __all__ = ["Chunk", "Engine", "EngineSettings", "Prepared", "Stream", "Usage"]
 
+LOGGER = logging.getLogger("phi4mm.engine")
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     n_ctx: int = 8192
@@ -44,6 +48,9 @@ class EngineSettings:
     n_parallel: int = 1                    # sequences decoded together (each with its own KV cells)
     prefill_chunk: int = 8                 # prompt rows per step while other streams are decoding
     media_workers: int = 0                 # decoder processes for encoded media (0: decode in-process)
+    n_gpu_layers: int | None = None        # decoder layers on the GPU; None: all if llama.cpp has a GPU backend
+    main_gpu: int | None = None            # the GPU holding the whole decoder; None: split over every GPU
+    encoder_device: str = "cpu"            # where the image and audio encoders run: "cpu" or "cuda"
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,13 @@ class Engine:
         self.settings = settings = settings or EngineSettings()
         if settings.n_parallel < 1:
             raise InputError(f"n_parallel is {settings.n_parallel}, expected >= 1", param="n_parallel")
+        if settings.encoder_device not in keys.ENCODER_DEVICES:
+            raise InputError(f"encoder_device is {settings.encoder_device!r}, expected one of {keys.ENCODER_DEVICES}",
+                             param="encoder_device")
         malloc.fix_mmap_threshold()  # freed encoder activations leave the resident set (malloc.py)
-        self.model = Model(files.text, use_mmap=settings.use_mmap)
+        self.model = Model(files.text, use_mmap=settings.use_mmap, n_gpu_layers=settings.n_gpu_layers,
+                           main_gpu=settings.main_gpu)
+        LOGGER.info(self.model.offload.describe())
         self.tokenizer = Tokenizer(files.tokenizer)
         n_orig = int(self.model.meta(keys.ORIGINAL_CONTEXT_KEY) or self.model.n_ctx_train)
         self.contexts = Contexts(self.model, ContextSettings(settings.n_ctx, settings.n_batch, settings.n_threads,
@@ -72,7 +84,8 @@ class Engine:
                                  {"vision": files.vision_lora, "speech": files.speech_lora}, settings.n_parallel)
         self.contexts.context("short")  # its KV cells are allocated now, not on the first request
         self.media = media.media_loader(settings.media_workers)  # decodes what requests send
-        self.encoders = Encoders(files, settings.media_cache_bytes, settings.dynamic_hd, self.media)
+        self.encoders = Encoders(files, settings.media_cache_bytes, settings.dynamic_hd, self.media,
+                                 device=settings.encoder_device)
         self.scheduler = Scheduler(self.model, self.contexts, settings.n_batch, settings.prefill_chunk)
         self._encoding = threading.Lock()  # encoders and their cache: one request at a time
 
@@ -129,6 +142,23 @@ class Engine:
         """float32 (n_vocab,) next-token logits after the prompt."""
         (logits,) = list(self.submit(prepared, None))
         return logits
+
+    def placement(self) -> dict:
+        """What sits where (JSON-ready): the decoder's layers, its KV cells and LoRA adapters, the
+        GPUs with their memory now, and the encoders' device with the weights loaded there so far."""
+        placed = self.model.offload
+        gpus = [d for d in llama.devices() if d.kind in ("gpu", "igpu")]
+        return {
+            "text_decoder": {"layers_on_gpu": placed.n_gpu_layers, "layers": placed.n_layers,
+                             "devices": [d.name for d in placed.devices],
+                             "kv_on_gpu": placed.blocks_on_gpu > 0,  # llama.cpp's offload_kqv is on
+                             "lora": {"loaded": sorted(self.contexts.adapters), "on_gpu": placed.blocks_on_gpu > 0}},
+            "gpu": {"offload_supported": placed.gpu_backend,
+                    "devices": [{"name": d.name, "description": d.description, "backend": d.backend,
+                                 "memory_free_bytes": d.memory_free_bytes,
+                                 "memory_total_bytes": d.memory_total_bytes} for d in gpus]},
+            "encoders": {"device": self.settings.encoder_device, "weight_bytes": self.encoders.weight_bytes()},
+        }
 
     def close(self) -> None:
         self.scheduler.close()

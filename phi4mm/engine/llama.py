@@ -7,6 +7,7 @@ llamacpp-notes.md §3 (quantizer), §4 (LoRA), §5 (embedding batches), §7 (got
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from phi4mm.engine import offload
 from phi4mm.errors import ConfigError, ConversionError, EngineError
 
 # llama.cpp's log lines go to the "phi4mm.llama_cpp" logger, quiet (errors only) by default.
@@ -72,6 +74,88 @@ def use_extra_buffers(info: str) -> bool:
     return "AMX_INT8 = 1" not in info
 
 
+def gpu_offload_supported() -> bool:
+    """Whether the installed llama.cpp has a GPU backend (CUDA, Metal, Vulkan, ...) with a device."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def devices() -> list[offload.Device]:
+    """Every ggml backend device, with its memory now (ggml_backend_dev_*; the bindings do not wrap
+    them, so they are bound here against the loaded ggml). Empty when they cannot be bound."""
+    ggml = _ggml_devices()
+    if ggml is None:
+        return []
+    found = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = ggml.ggml_backend_dev_type(dev)
+        found.append(offload.Device(
+            name=_text(ggml.ggml_backend_dev_name(dev)), description=_text(ggml.ggml_backend_dev_description(dev)),
+            kind=_DEVICE_KINDS[kind] if 0 <= kind < len(_DEVICE_KINDS) else f"type {kind}",
+            backend=_text(ggml.ggml_backend_reg_name(ggml.ggml_backend_dev_backend_reg(dev))),
+            memory_free_bytes=free.value, memory_total_bytes=total.value))
+    return found
+
+
+def plan_offload(n_gpu_layers: int | None, main_gpu: int | None) -> offload.Plan:
+    """What to offload (engine/offload.py) on the GPUs this llama.cpp sees."""
+    _backend()
+    supported = gpu_offload_supported()
+    gpus = offload.offload_devices(devices()) if supported else ()
+    return offload.plan(n_gpu_layers, main_gpu, supported, gpus, f"llama-cpp-python=={llama_cpp.__version__}")
+
+
+_DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")  # enum ggml_backend_dev_type, in order
+_GGML_SIGNATURES = {  # ggml-backend.h
+    "ggml_backend_dev_count": ([], ctypes.c_size_t),
+    "ggml_backend_dev_get": ([ctypes.c_size_t], ctypes.c_void_p),
+    "ggml_backend_dev_name": ([ctypes.c_void_p], ctypes.c_char_p),
+    "ggml_backend_dev_description": ([ctypes.c_void_p], ctypes.c_char_p),
+    "ggml_backend_dev_type": ([ctypes.c_void_p], ctypes.c_int),
+    "ggml_backend_dev_memory": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)],
+                                None),
+    "ggml_backend_dev_backend_reg": ([ctypes.c_void_p], ctypes.c_void_p),
+    "ggml_backend_reg_name": ([ctypes.c_void_p], ctypes.c_char_p),
+}
+
+
+class _Functions:
+    """The ggml functions above, each found in ggml or ggml-base (Windows looks in one DLL only)."""
+
+    def __init__(self, libraries: list[ctypes.CDLL]):
+        for name, (argtypes, restype) in _GGML_SIGNATURES.items():
+            function = next(getattr(lib, name) for lib in libraries if hasattr(lib, name))
+            function.argtypes, function.restype = argtypes, restype
+            setattr(self, name, function)
+
+
+@functools.cache
+def _ggml_devices() -> _Functions | None:
+    """The device functions, bound once against the ggml llama.cpp itself loaded (so with
+    $LLAMA_CPP_LIB_PATH too): reached through libllama (Linux, macOS), else in the ggml libraries
+    next to it (Windows). None, with a warning, when that cannot be done."""
+    try:
+        from llama_cpp import _ctypes_extensions
+        from llama_cpp import llama_cpp as bindings
+
+        libraries = [bindings._lib]
+        for name in ("ggml", "ggml-base"):
+            try:
+                libraries.append(_ctypes_extensions.load_shared_library(name, bindings._base_path))
+            except (OSError, RuntimeError):
+                pass  # not there under that name: libllama's dependencies are searched first anyway
+        return _Functions(libraries)
+    except (ImportError, AttributeError, OSError, RuntimeError, StopIteration) as exc:
+        LOGGER.warning("cannot list llama.cpp's devices (%s): GPUs are reported without names", exc)
+        return None
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value else ""
+
+
 def quantize_model(src: Path, dst: Path, quant: str, n_threads: int) -> None:
     """llama.cpp's own `llama_model_quantize` (llamacpp-notes §3): src GGUF -> dst GGUF of `quant`."""
     _backend()
@@ -84,16 +168,23 @@ def quantize_model(src: Path, dst: Path, quant: str, n_threads: int) -> None:
 
 
 class Model:
-    """A loaded text decoder (`llama_model *`) and its vocabulary."""
+    """A loaded text decoder (`llama_model *`), its vocabulary and where its layers are (`offload`):
+    `n_gpu_layers` and `main_gpu` as in engine/offload.py's `plan`."""
 
-    def __init__(self, path: Path, use_mmap: bool = False):
-        _backend()
+    def __init__(self, path: Path, use_mmap: bool = False, n_gpu_layers: int | None = None,
+                 main_gpu: int | None = None):
+        self.plan = plan_offload(n_gpu_layers, main_gpu)
         params = llama_cpp.llama_model_default_params()
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         params.use_extra_bufts = use_extra_buffers(system_info())
+        params.n_gpu_layers = self.plan.n_gpu_layers
+        if self.plan.main_gpu is not None:  # this GPU alone; otherwise the layers are split over every GPU
+            params.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE
+            params.main_gpu = self.plan.main_gpu
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise ConfigError(f"llama.cpp could not load {path} as a text decoder GGUF", key=str(path))
+        self.offload = self.plan.placed(llama_cpp.llama_model_n_layer(self.ptr))
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.ptr)
