@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,15 +25,24 @@ EngineLoader = Callable[[ServerSettings], Any]
 
 
 def load_phi4mm(settings: ServerSettings) -> Any:
-    """The real engine: Phi4MM from the converted directory (or whatever `model` names)."""
+    """The real engine: Phi4MM from the converted directory (or whatever `model` names). Says where
+    the decoder went, and any offload warning, on stderr."""
     from phi4mm.api import Phi4MM
+    from phi4mm.errors import OffloadWarning
     from phi4mm.progress import ProgressPrinter
 
-    return Phi4MM.from_pretrained(settings.model_dir or settings.model, quant=settings.quant,
-                                  n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-                                  dynamic_hd=settings.dynamic_hd, media_limits=settings.media_limits,
-                                  n_parallel=settings.parallel, prefill_chunk=settings.prefill_chunk,
-                                  progress=ProgressPrinter())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OffloadWarning)
+        model = Phi4MM.from_pretrained(settings.model_dir or settings.model, quant=settings.quant,
+                                       n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+                                       dynamic_hd=settings.dynamic_hd, media_limits=settings.media_limits,
+                                       n_parallel=settings.parallel, prefill_chunk=settings.prefill_chunk,
+                                       n_gpu_layers=settings.gpu_layers, main_gpu=settings.main_gpu,
+                                       encoder_device=settings.encoder_device, progress=ProgressPrinter())
+    for warning in caught:
+        _say(f"warning: {warning.message}")
+    _say(model.offload.describe())
+    return model
 
 
 def create_app(settings: ServerSettings, load_engine: EngineLoader = load_phi4mm) -> Starlette:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from phi4mm import __version__
+from phi4mm import __version__, keys
 from phi4mm.server.settings import ServerSettings
 from phi4mm.transcribe import FORMATS
 
@@ -159,8 +159,7 @@ def _paths(settings: ServerSettings) -> dict:
             _obj({"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}}},
                  ("object", "data")))}, "401": ERRORS["401"], "503": ERRORS["503"]})},
         "/health": {"get": _operation("readiness: 200 once loaded, 503 while loading", {
-            "200": {"description": "status and queue", "content": _content(_obj({"status": {"type": "string"}},
-                                                                                 ("status",)))},
+            "200": {"description": "status, queue, and what sits on the GPU", "content": _content(_health())},
             "503": ERRORS["503"]}, secured=False, **EXT)},
         "/metrics": {"get": _operation("Prometheus metrics", {
             "200": {"description": "text exposition", "content": _content({"type": "string"}, "text/plain")},
@@ -171,6 +170,21 @@ def _paths(settings: ServerSettings) -> dict:
     if settings.ui:
         paths |= _ui_paths()
     return paths
+
+
+def _health() -> dict:
+    integer, flag, text = {"type": "integer"}, {"type": "boolean"}, {"type": "string"}
+    device = _obj({"name": text, "description": text, "backend": text, "memory_free_bytes": integer,
+                   "memory_total_bytes": integer})
+    return _obj({
+        "status": text,
+        "text_decoder": _obj({"layers_on_gpu": integer, "layers": integer,
+                              "devices": {"type": "array", "items": text}, "kv_on_gpu": flag,
+                              "lora": _obj({"loaded": {"type": "array", "items": text}, "on_gpu": flag})}),
+        "gpu": _obj({"offload_supported": flag, "devices": {"type": "array", "items": device}}),
+        "encoders": _obj({"device": {"enum": list(keys.ENCODER_DEVICES)},
+                          "weight_bytes": _obj({"vision": integer, "audio": integer})}),
+    }, ("status",))
 
 
 def _ui_paths() -> dict:

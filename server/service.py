@@ -22,7 +22,8 @@ WARMUP_MESSAGES = [{"role": "user", "content": "Hello"}]
 
 
 class Service:
-    """`engine` is a Phi4MM (or any object with its create_chat_completion and close)."""
+    """`engine` is a Phi4MM (or any object with its create_chat_completion and close; with its
+    `placement()` too, /health reports what sits on the GPU)."""
 
     def __init__(self, engine: Any, settings: ServerSettings):
         self.engine = engine
@@ -72,7 +73,8 @@ class Service:
         return {"status": status, "model": self.name, "model_loaded": True,
                 "queued": self.worker.queued, "in_flight": self.worker.in_flight,
                 "parallel": self.worker.parallel, "max_queue": self.worker.max_queue,
-                "cancelled": self.worker.n_cancelled, "media_decoders": self.media.health()}
+                "cancelled": self.worker.n_cancelled, "media_decoders": self.media.health(),
+                **(self.engine.placement() if hasattr(self.engine, "placement") else {})}
 
     def close(self) -> None:
         """Stop the worker; free the engine only once its thread has ended."""

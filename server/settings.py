@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phi4mm import keys
 from phi4mm.errors import ConfigError
 from phi4mm.media import MediaLimits
 from phi4mm.store import DEFAULT_MODEL, DEFAULT_QUANT
@@ -38,6 +39,9 @@ class ServerSettings:
     media_workers: int = 2              # decoder processes for request media (0: decode in the server)
     media_deadline_s: float = 30.0      # one decode's wall time, then its worker is stopped
     media_worker_memory_mb: int = 2048  # address space a decoder may add to its imports'
+    gpu_layers: int | None = None       # decoder layers on the GPU; None: all when llama.cpp has a GPU backend
+    main_gpu: int | None = None         # the GPU holding the whole decoder; None: split over every GPU
+    encoder_device: str = "cpu"         # where the image and audio encoders run: cpu or cuda
 
     def __post_init__(self):
         for name, least in (("max_queue", 0), ("max_body_bytes", 1), ("port", 0), ("n_ctx", 16), ("parallel", 1),
@@ -45,6 +49,9 @@ class ServerSettings:
                             ("media_deadline_s", 1e-3), ("media_worker_memory_mb", 16)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least}", key=name)
+        for name, least in (("gpu_layers", -1), ("main_gpu", 0)):
+            if getattr(self, name) is not None and getattr(self, name) < least:
+                raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least} or none", key=name)
 
 
 def server_media_limits(allow_private_urls: bool, allowed_dirs: tuple[Path, ...],
@@ -91,6 +98,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "worker is stopped and the request answered 400 (default 30)")
     add("--media-worker-memory-mb", type=int, default=2048, help="memory a decoder process may take "
         "for one decode, past what it starts with (default 2048)")
+    add("--gpu-layers", type=int, default=None, metavar="N", help="decoder layers to offload to the GPU, the "
+        "output layer counting as one; -1: all (default: all when llama.cpp has a GPU backend, else 0)")
+    add("--main-gpu", type=int, default=None, metavar="I", help="put the whole decoder on GPU I "
+        "(0, 1, ...; default: split its layers over every GPU)")
+    add("--encoder-device", choices=keys.ENCODER_DEVICES, default="cpu",
+        help="where the image and audio encoders run (default cpu)")
 
 
 def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) -> ServerSettings:
@@ -103,4 +116,5 @@ def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) 
         max_queue=args.max_queue, parallel=args.parallel, prefill_chunk=args.prefill_chunk,
         max_queued_media_mb=args.max_queued_media_mb, max_body_bytes=int(args.max_body_mb * (1 << 20)),
         dynamic_hd=args.dynamic_hd, ui=args.ui, media_workers=args.media_workers,
-        media_deadline_s=args.media_deadline_s, media_worker_memory_mb=args.media_worker_memory_mb)
+        media_deadline_s=args.media_deadline_s, media_worker_memory_mb=args.media_worker_memory_mb,
+        gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, encoder_device=args.encoder_device)

@@ -34,6 +34,48 @@ def test_run_one_prompt_streams_and_exits_0(tiny_q4: Path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
     assert "loading" in done.stderr and "loaded in" in done.stderr  # progress on stderr
+    assert "phi4mm: decoder: " in done.stderr  # where its layers went
+    assert "warning" not in done.stderr
+
+
+def test_run_with_gpu_layers_says_where_the_decoder_runs(tiny_q4: Path):
+    """--gpu-layers 10: a CPU-only build warns, names the fix and runs on the CPU; a GPU build puts
+    the tiny model's 3 layers there."""
+    from phi4mm.engine import llama
+
+    done = phi4mm("run", "--model", str(tiny_q4), "hi", "--max-tokens", "3", "--threads", "2", "--gpu-layers", "10")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    if llama.gpu_offload_supported():
+        assert "phi4mm: decoder: 3/3 layers on " in done.stderr and "warning" not in done.stderr
+        return
+    lines = done.stderr.splitlines()
+    warning = next(line for line in lines if line.startswith("phi4mm: warning: "))
+    assert "GPU offload was asked for (10 decoder layers)" in warning
+    assert "the installed llama-cpp-python has no GPU backend" in warning and 'README, section "GPU"' in warning
+    assert "phi4mm: decoder: on the CPU (this llama.cpp build has no GPU backend)" in lines
+
+
+@pytest.mark.parametrize("command", [["run", "hi"], ["serve"]])
+def test_a_bad_main_gpu_is_exit_2(tiny_q4: Path, command: list[str]):
+    done = phi4mm(*command, "--model", str(tiny_q4), "--main-gpu", "-1", "--threads", "2")
+    assert done.returncode == 2 and "main_gpu is -1" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["run", "hi"], ["transcribe", "a.wav"], ["serve"]])
+def test_device_flags_of_every_command(command: list[str]):
+    from phi4mm.cli.main import build_parser
+
+    parser = build_parser()
+    defaults = parser.parse_args(command)
+    assert (defaults.gpu_layers, defaults.main_gpu, defaults.encoder_device) == (None, None, "cpu")
+    given = parser.parse_args([*command, "--gpu-layers", "10", "--main-gpu", "1", "--encoder-device", "cuda"])
+    assert (given.gpu_layers, given.main_gpu, given.encoder_device) == (10, 1, "cuda")
+    if command == ["serve"]:
+        from phi4mm.server.settings import settings_from_args
+
+        settings = settings_from_args(given)
+        assert (settings.gpu_layers, settings.main_gpu, settings.encoder_device) == (10, 1, "cuda")
 
 
 def test_run_with_an_image(tiny_q4: Path, tmp_path: Path):

@@ -238,6 +238,29 @@ def test_models_and_health(open_server: Server, tiny_q4: Path):
     assert health["model_loaded"] is True and health["in_flight"] == 0 and health["queued"] == 0
 
 
+def test_health_and_start_up_say_what_sits_on_the_gpu(open_server: Server):
+    """The tiny decoder's 3 layers (2 blocks + output): none on the GPU in a CPU-only build, all of
+    them in a GPU build (the default); the encoders' device; the start-up line in the log."""
+    from phi4mm.engine import llama
+
+    health = open_server.health()
+    decoder, gpu = health["text_decoder"], health["gpu"]
+    assert health["encoders"]["device"] == "cpu" and set(health["encoders"]["weight_bytes"]) <= {"vision", "audio"}
+    assert decoder["layers"] == 3 and set(decoder["lora"]) == {"loaded", "on_gpu"}
+    log = open_server.log.read_text()
+    if llama.gpu_offload_supported():
+        assert decoder["layers_on_gpu"] == 3 and decoder["kv_on_gpu"] is True and decoder["devices"]
+        assert gpu["offload_supported"] is True and gpu["devices"]
+        assert all(d["memory_total_bytes"] >= d["memory_free_bytes"] > 0 for d in gpu["devices"])
+        assert f"phi4mm: decoder: 3/3 layers on {decoder['devices'][0]}" in log
+        return
+    assert decoder["layers_on_gpu"] == 0 and decoder["devices"] == [] and decoder["kv_on_gpu"] is False
+    assert decoder["lora"]["on_gpu"] is False
+    assert gpu == {"offload_supported": False, "devices": []}
+    assert "phi4mm: decoder: on the CPU (this llama.cpp build has no GPU backend)" in log
+    assert "warning" not in log  # nothing was asked of the GPU
+
+
 def _story(client: openai.OpenAI, **kwargs):
     return client.chat.completions.create(
         model="anything", messages=[{"role": "user", "content": "Tell me about mountains."}],

@@ -6,29 +6,51 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
-from phi4mm import store
+from phi4mm import keys, store
+from phi4mm.errors import OffloadWarning
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, n_ctx: int, n_ctx_help: str) -> None:
-    """--model, --quant, --n-ctx (default `n_ctx`) and --threads."""
+    """--model, --quant, --n-ctx (default `n_ctx`), --threads, --gpu-layers, --main-gpu and
+    --encoder-device."""
     add = parser.add_argument
     add("--model", default=store.DEFAULT_MODEL, help="hub repo id, hub-layout or converted "
         f"directory (default {store.DEFAULT_MODEL})")
     add("--quant", default=None, help=f"text decoder type when converting (default {store.DEFAULT_QUANT})")
     add("--n-ctx", type=int, default=n_ctx, help=f"context window in tokens ({n_ctx_help})")
     add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add_device_arguments(parser)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--gpu-layers, --main-gpu, --encoder-device (README, section GPU)."""
+    add = parser.add_argument
+    add("--gpu-layers", type=int, default=None, metavar="N", help="decoder layers to offload to the GPU, the "
+        "output layer counting as one; -1: all (default: all when llama.cpp has a GPU backend, else 0)")
+    add("--main-gpu", type=int, default=None, metavar="I", help="put the whole decoder on GPU I "
+        "(0, 1, ...; default: split its layers over every GPU)")
+    add("--encoder-device", choices=keys.ENCODER_DEVICES, default="cpu",
+        help="where the image and audio encoders run (default cpu)")
 
 
 def load_model(args: argparse.Namespace):
-    """Locate (download, convert) with progress, then load; both reported on stderr."""
+    """Locate (download, convert) with progress, then load; both reported on stderr, with where
+    the decoder went and any offload warning."""
     from phi4mm.api import Phi4MM
     from phi4mm.progress import ProgressPrinter
 
     files = store.locate(args.model, args.quant, progress=ProgressPrinter(), n_threads=args.threads)
     started = time.perf_counter()
     print(f"phi4mm: loading {files.root} ...", file=sys.stderr, flush=True)
-    model = Phi4MM.from_pretrained(files.root, n_ctx=args.n_ctx, n_threads=args.threads,
-                                   dynamic_hd=getattr(args, "dynamic_hd", None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OffloadWarning)
+        model = Phi4MM.from_pretrained(files.root, n_ctx=args.n_ctx, n_threads=args.threads,
+                                       dynamic_hd=getattr(args, "dynamic_hd", None), n_gpu_layers=args.gpu_layers,
+                                       main_gpu=args.main_gpu, encoder_device=args.encoder_device)
+    for warning in caught:
+        print(f"phi4mm: warning: {warning.message}", file=sys.stderr, flush=True)
+    print(f"phi4mm: {model.offload.describe()}", file=sys.stderr, flush=True)
     print(f"phi4mm: loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return model
