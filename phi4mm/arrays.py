@@ -13,8 +13,9 @@ import array_api_compat as compat
 import numpy as np
 
 from phi4mm.errors import ConfigError
+from phi4mm.keys import ENCODER_DEVICES
 
-DEVICES = ("cpu", "cuda")  # --encoder-device: NumPy, or CuPy on the current CUDA device
+DEVICES = ENCODER_DEVICES  # --encoder-device: NumPy ("cpu"), or CuPy on the current CUDA device ("cuda")
 
 
 def namespace_for(device: str) -> ModuleType:
