@@ -43,7 +43,7 @@ class Phi4MM:
                         use_mmap: bool = False, cache_dir: str | Path | None = None,
                         encoder_type: str = "f16", n_parallel: int = 1, prefill_chunk: int = 8,
                         media_workers: int = 0, n_gpu_layers: int | None = None, main_gpu: int | None = None,
-                        encoder_device: str = "cpu",
+                        encoder_device: str = "cpu", kv_budget_mb: int | None = None,
                         progress: Callable[[str, int, int], None] | None = None) -> Phi4MM:
         """Load a converted directory, or convert a hub-layout directory / hub repo id once
         (into `cache_dir`, default ~/.cache/phi4mm) and load that. `media_workers` > 0 decodes
@@ -52,7 +52,10 @@ class Phi4MM:
         one); None: every layer when the installed llama.cpp has a GPU backend, else 0 (asking for
         more without one warns with OffloadWarning and runs on the CPU). `main_gpu`: the GPU that
         holds the whole decoder; None: llama.cpp splits the layers over every GPU.
-        `encoder_device`: where the image and audio encoders run, "cpu" or "cuda"."""
+        `encoder_device`: where the image and audio encoders run, "cpu" or "cuda".
+        `kv_budget_mb`: the KV cells of every context together (one context per adapter set and
+        LongRoPE factor set, created on first need); past it requests wait. None: room for a short
+        context of each adapter set, and for a long one beside a short one (README, KV memory)."""
         if not isinstance(n_ctx, int) or n_ctx < 16:
             raise InputError(f"n_ctx is {n_ctx!r}, expected an integer >= 16", param="n_ctx")
         files = store.locate(model, quant, encoder_type, cache_dir, progress, n_threads)
@@ -61,7 +64,8 @@ class Phi4MM:
                                   media_cache_bytes=media_cache_mb << 20,
                                   media_limits=media_limits or MediaLimits(), n_parallel=n_parallel,
                                   prefill_chunk=prefill_chunk, media_workers=media_workers,
-                                  n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, encoder_device=encoder_device)
+                                  n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, encoder_device=encoder_device,
+                                  kv_budget_mb=kv_budget_mb)
         return cls(files, settings, name=str(model))
 
     @property

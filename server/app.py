@@ -38,7 +38,8 @@ def load_phi4mm(settings: ServerSettings) -> Any:
                                        dynamic_hd=settings.dynamic_hd, media_limits=settings.media_limits,
                                        n_parallel=settings.parallel, prefill_chunk=settings.prefill_chunk,
                                        n_gpu_layers=settings.gpu_layers, main_gpu=settings.main_gpu,
-                                       encoder_device=settings.encoder_device, progress=ProgressPrinter())
+                                       encoder_device=settings.encoder_device,
+                                       kv_budget_mb=settings.kv_budget_mb, progress=ProgressPrinter())
     for warning in caught:
         _say(f"warning: {warning.message}")
     _say(model.offload.describe())

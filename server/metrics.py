@@ -52,6 +52,11 @@ def _engine_metrics(engine: Any):
     yield _gauge("phi4mm_sequences_running", "Sequences holding a KV slot", len(engine.scheduler.running))
     yield _gauge("phi4mm_sequences_waiting", "Sequences waiting for a KV slot", len(engine.scheduler.waiting))
     yield _gauge("phi4mm_kv_slots", "KV slots per context", contexts.n_slots)
+    yield _gauge("phi4mm_kv_contexts", "Open llama.cpp contexts (one per adapter set and LongRoPE factor set)",
+                 len(contexts.contexts))
+    yield _gauge("phi4mm_kv_cells_allocated", "KV cells of every open context", contexts.cells_allocated())
+    yield _gauge("phi4mm_kv_budget_cells", "KV cells the open contexts may hold together (--kv-budget-mb)",
+                 contexts.budget_cells or 0)
     yield _gauge("phi4mm_kv_slots_busy", "KV slots held by running sequences", contexts.busy())
     yield _gauge("phi4mm_kv_cells_used", "KV cells holding rows (running and cached prefixes)",
                  contexts.cells_cached() + sum(seq.pos for seq in list(engine.scheduler.running)))

@@ -42,6 +42,7 @@ class ServerSettings:
     gpu_layers: int | None = None       # decoder layers on the GPU; None: all when llama.cpp has a GPU backend
     main_gpu: int | None = None         # the GPU holding the whole decoder; None: split over every GPU
     encoder_device: str = "cpu"         # where the image and audio encoders run: cpu or cuda
+    kv_budget_mb: int | None = None     # KV of every context together; None: the engine's default
 
     def __post_init__(self):
         for name, least in (("max_queue", 0), ("max_body_bytes", 1), ("port", 0), ("n_ctx", 16), ("parallel", 1),
@@ -49,7 +50,7 @@ class ServerSettings:
                             ("media_deadline_s", 1e-3), ("media_worker_memory_mb", 16)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least}", key=name)
-        for name, least in (("gpu_layers", -1), ("main_gpu", 0)):
+        for name, least in (("gpu_layers", -1), ("main_gpu", 0), ("kv_budget_mb", 1)):
             if getattr(self, name) is not None and getattr(self, name) < least:
                 raise ConfigError(f"{name} is {getattr(self, name)}, expected >= {least} or none", key=name)
 
@@ -104,6 +105,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(0, 1, ...; default: split its layers over every GPU)")
     add("--encoder-device", choices=keys.ENCODER_DEVICES, default="cpu",
         help="where the image and audio encoders run (default cpu)")
+    add("--kv-budget-mb", type=int, default=None, metavar="MB", help="KV memory of every context "
+        "together (one per adapter set and LongRoPE factor set); past it requests wait (default: room "
+        "for a short context per adapter set and a long one beside a short one; README, KV memory)")
 
 
 def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) -> ServerSettings:
@@ -117,4 +121,5 @@ def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) 
         max_queued_media_mb=args.max_queued_media_mb, max_body_bytes=int(args.max_body_mb * (1 << 20)),
         dynamic_hd=args.dynamic_hd, ui=args.ui, media_workers=args.media_workers,
         media_deadline_s=args.media_deadline_s, media_worker_memory_mb=args.media_worker_memory_mb,
-        gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, encoder_device=args.encoder_device)
+        gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, encoder_device=args.encoder_device,
+        kv_budget_mb=args.kv_budget_mb)

@@ -239,5 +239,90 @@ def test_batched_sequences_cross_the_longrope_boundary(tiny_f32):
             solo[name] = run(model, name)
     with _model(tiny_f32, 2) as model:
         together = _run_together(lambda n: run(model, n), list(prompts))
-        assert set(model.engine.contexts.contexts) == {"short", "long"}
+        assert set(model.engine.contexts.contexts) == {("short", None), ("long", None)}
     assert together == solo
+
+
+class _Recorder:
+    """Wraps llama.Context.set_adapters and Contexts.acquire: adapter-set calls per context, and
+    the most contexts busy at once and KV cells allocated at once."""
+
+    def __init__(self, monkeypatch):
+        from phi4mm.engine import contexts, llama
+
+        self.calls: dict[int, list] = {}
+        self.most_busy_contexts = 0
+        self.most_cells = 0
+        set_adapters, acquire = llama.Context.set_adapters, contexts.Contexts.acquire
+        recorder = self
+
+        def counted(ctx, adapters):
+            recorder.calls.setdefault(id(ctx), []).append(tuple(a.path for a, _ in adapters))
+            return set_adapters(ctx, adapters)
+
+        def watched(pool, kind, keys, lora):
+            got = acquire(pool, kind, keys, lora)
+            busy = sum(any(s.busy for s in slots) for slots in pool.slots.values())
+            recorder.most_busy_contexts = max(recorder.most_busy_contexts, busy)
+            recorder.most_cells = max(recorder.most_cells, pool.cells_allocated())
+            return got
+
+        monkeypatch.setattr(llama.Context, "set_adapters", counted)
+        monkeypatch.setattr(contexts.Contexts, "acquire", watched)
+
+
+def test_three_adapter_sets_in_flight_keep_their_adapters_and_equal_solo(tiny_f32, alone, monkeypatch):
+    """Text, image and audio requests run at once, each in the context of its adapter set (one
+    slot each): no step changes a context's adapters (each context is given its set once, when it
+    is created), all three contexts are busy together, and every output equals its solo run.
+    (The tiny model's image prompt is past n_orig, so its context is a long one: a 2 MiB budget
+    holds the three contexts at once.)"""
+    recorder = _Recorder(monkeypatch)
+    batch = ("text", "image", "audio")
+    with _model(tiny_f32, 1, kv_budget_mb=2) as model:
+        texts = _run_together(lambda n: _greedy(model, REQUESTS[n]()), batch)
+        texts_again = _run_together(lambda n: _greedy(model, REQUESTS[n]()), batch)
+        loras = {lora for _, lora in model.engine.contexts.contexts}
+    assert loras == {None, "vision", "speech"}
+    assert recorder.calls and all(len(calls) == 1 for calls in recorder.calls.values()), recorder.calls
+    assert recorder.most_busy_contexts == 3
+    for name in batch:
+        assert texts[name] == texts_again[name] == alone[name][1], (name, texts[name], alone[name][1])
+
+
+def test_kv_budget_is_honoured_requests_wait_and_the_next_is_fine(tiny_f32, alone, monkeypatch):
+    """A budget of one long context (1 MiB: 1024 cells of 1 KiB in the tiny model): the long
+    request's context fits only once the others' contexts are idle and closed; every request
+    waits for it rather than failing, gives its solo output, and the budget is never exceeded."""
+    recorder = _Recorder(monkeypatch)
+    batch = ("text", "image", "audio", "long")
+    with _model(tiny_f32, 1, kv_budget_mb=1) as model:
+        contexts = model.engine.contexts
+        assert model.engine.model.kv_bytes_per_cell == 1024 and contexts.budget_cells == 1024
+        texts = _run_together(lambda n: _greedy(model, REQUESTS[n]()), batch)
+        assert contexts.context_stats.closed_for_room >= 1
+        assert _greedy(model, REQUESTS["image"]()) == alone["image"][1]
+    assert recorder.most_cells <= 1024
+    for name in batch:
+        assert texts[name] == alone[name][1], (name, texts[name])
+
+
+def test_kv_budget_below_one_long_context_is_refused(tiny_f32):
+    from phi4mm.errors import InputError
+
+    with pytest.raises(InputError, match="kv_budget_mb is 1, expected at least 2"):
+        _model(tiny_f32, 2, kv_budget_mb=1)
+
+
+def test_idle_contexts_are_released_and_come_back(tiny_f32, alone):
+    """Contexts unused for context_idle_s are closed (memory follows the mix of modalities); the
+    next request of that mode gets a new context and the same output."""
+    with _model(tiny_f32, 1) as model:
+        contexts = model.engine.contexts
+        assert _greedy(model, REQUESTS["audio"]()) == alone["audio"][1]
+        assert ("short", "speech") in contexts.contexts
+        n_open = len(contexts.contexts)
+        assert contexts.release_idle(time.monotonic() + contexts.idle_release_s) == n_open
+        assert not contexts.contexts and contexts.context_stats.closed_idle >= 2
+        assert _greedy(model, REQUESTS["audio"]()) == alone["audio"][1]
+        assert set(contexts.contexts) == {("short", "speech")}

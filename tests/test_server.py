@@ -521,3 +521,18 @@ def test_no_fault_was_logged(open_server: Server, strict_server: Server):
     for server in (open_server, strict_server):
         log = server.log.read_text()
         assert "Traceback" not in log, log[log.index("Traceback"):][:4000]
+
+
+def test_kv_budget_flag_reaches_the_settings():
+    """--kv-budget-mb sets ServerSettings.kv_budget_mb (passed to from_pretrained); none by default;
+    a budget below 1 MB is a ConfigError naming it."""
+    import pytest as _pytest
+
+    from phi4mm.cli import build_parser
+    from phi4mm.errors import ConfigError
+    from phi4mm.server.settings import settings_from_args
+
+    assert settings_from_args(build_parser().parse_args(["serve"])).kv_budget_mb is None
+    assert settings_from_args(build_parser().parse_args(["serve", "--kv-budget-mb", "1024"])).kv_budget_mb == 1024
+    with _pytest.raises(ConfigError, match="kv_budget_mb is 0"):
+        settings_from_args(build_parser().parse_args(["serve", "--kv-budget-mb", "0"]))

@@ -152,6 +152,7 @@ def test_metrics_exposition(server: Server):
                  "phi4mm_media_cache_hits_total", "phi4mm_completion_tokens_total"):
         assert name in m, name
     assert m["phi4mm_kv_slots"] == 4 and m["phi4mm_completion_tokens_total"] > 0
+    assert 1 <= m["phi4mm_kv_contexts"] and 0 < m["phi4mm_kv_cells_allocated"] <= m["phi4mm_kv_budget_cells"]
 
 
 def test_sigterm_under_load_finishes_streams_and_exits_0(tmp_path: Path, tiny_q4: Path):

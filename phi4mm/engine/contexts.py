@@ -1,26 +1,32 @@
-"""llama.cpp contexts as pools of sequence slots: which KV cells hold which rows, under which LoRA
-set, and which idle slot a new request should reuse.
+"""llama.cpp contexts as pools of sequence slots: one context per (LongRoPE factor set, adapter
+set), created on first need, all sharing the one loaded model; which KV cells hold which rows, and
+which idle slot a new request should reuse.
+
+LoRA (model-spec.md §4): llama.cpp applies adapters per context, so each context has its adapter
+set fixed when it is created (the base model, the vision LoRA or the speech LoRA) and keeps it: no
+decode step ever changes a context's adapters (a change makes llama.cpp re-reserve its scheduler
+and drop its reusable graphs on the next decode; on a GPU that costs tens of milliseconds a time).
+A sequence lives in the context of its mode.
 
 LongRoPE (model-spec.md §3.1, llamacpp-notes §1.3): the reference uses the short factors while a
 sequence holds at most `original_max_position_embeddings` (n_orig) rows and recomputes the whole
 sequence with the long factors once it grows past that. llama.cpp fixes the factor set per context
-by its cells per sequence (long iff more than n_orig), so there is a "short" context of exactly
-n_orig cells per slot and a "long" one of n_ctx cells per slot (created on first need); a sequence
-that crosses is re-decoded in a long slot.
+by its cells per sequence (long iff more than n_orig), so "short" contexts have exactly n_orig
+cells per slot and "long" ones n_ctx; a sequence that crosses is re-decoded in a long slot.
 
-Memory: each slot owns its cells whether used or not (f16 K and V: 128 KiB per cell for the real
-model), so `n_slots` slots cost n_slots × n_orig × 128 KiB (512 MiB each at n_orig 4096) for the
-short context, and n_slots × n_ctx × 128 KiB more once a sequence outgrows n_orig.
-
-LoRA (model-spec.md §4): the adapter set is applied per decode call, so a batch only holds
-sequences of one set; a slot remembers the set its KV was computed under and is reused only by a
-request of the same set. Idle slots keep their KV as cached prefixes (a system prompt, an image,
-the earlier turns of a chat): a new request takes the idle slot sharing its longest prefix, else
-the least recently used one.
+Memory: each slot owns its cells whether used or not (f16 K and V: `bytes_per_cell`, 128 KiB for
+the real model), so a short context costs n_slots × n_orig cells (512 MiB per slot at n_orig 4096)
+and a long one n_slots × n_ctx. The KV budget (in cells) bounds the cells of all contexts together:
+a context that would not fit is created only after idle contexts (no running sequence) are closed,
+least recently used first; until then the request waits. Contexts idle for `idle_release_s` are
+closed too, so memory follows the mix of modalities. Idle slots keep their KV as cached prefixes
+(a system prompt, an image, the earlier turns of a chat): a new request takes the idle slot sharing
+its longest prefix, else the least recently used one.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,15 +34,17 @@ from phi4mm.engine.encoders import Span
 from phi4mm.engine.llama import Adapter, Context, ContextSettings, Model
 
 Item = int | Span
+Key = tuple[str, str | None]  # (LongRoPE kind: "short" or "long", adapter set: None, "vision", "speech")
+KINDS = ("short", "long")
 
 
 @dataclass
 class Slot:
-    kind: str                   # "short" or "long": which context
+    kind: str                   # "short" or "long": the LongRoPE factors of its context
+    lora: str | None            # the adapter set of its context (fixed)
     seq: int                    # the sequence id inside that context
     ctx: Context
     keys: list = field(default_factory=list)  # while idle, what its KV holds: token ids and (span key, row)
-    lora: str | None = None     # the adapter set those rows were computed under
     busy: bool = False
     last_used: int = 0
 
@@ -47,22 +55,36 @@ class PrefixStats:
     rows_reused: int = 0
 
 
+@dataclass
+class ContextStats:
+    created: int = 0
+    closed_for_room: int = 0    # closed to make room under the KV budget
+    closed_idle: int = 0        # closed after idle_release_s without use
+
+
 class Contexts:
-    """The short- and long-factor contexts of one model, `n_slots` slots each, and its adapters.
-    Not thread-safe: used by the engine thread only."""
+    """The contexts of one model, `n_slots` slots each, keyed by (kind, adapter set), within a KV
+    budget of `budget_cells` cells (None: unbounded). Not thread-safe: used by the engine thread only."""
 
     def __init__(self, model: Model, settings: ContextSettings, n_orig: int, adapter_paths: dict[str, Path],
-                 n_slots: int = 1):
+                 n_slots: int = 1, budget_cells: int | None = None, idle_release_s: float | None = None):
         self.model = model
-        self.settings = settings          # settings.n_ctx is the long context's size per slot
+        self.settings = settings          # settings.n_ctx is the long contexts' size per slot
         self.n_orig = n_orig
         self.n_slots = n_slots
         self.adapter_paths = adapter_paths
+        self.budget_cells = budget_cells
+        self.idle_release_s = idle_release_s
         self.adapters: dict[str, Adapter] = {}
-        self.contexts: dict[str, Context] = {}
-        self.slots: dict[str, list[Slot]] = {}
+        self.contexts: dict[Key, Context] = {}
+        self.slots: dict[Key, list[Slot]] = {}
+        self.used_s: dict[Key, float] = {}  # when each context last had a slot taken or given back
         self.stats = PrefixStats()
+        self.context_stats = ContextStats()
         self._tick = 0
+        if budget_cells is not None and budget_cells < self.context_cells("long"):
+            raise ValueError(f"a KV budget of {budget_cells} cells cannot hold one long context "
+                             f"({self.context_cells('long')} cells)")
 
     @property
     def n_ctx(self) -> int:
@@ -72,35 +94,55 @@ class Contexts:
         """"short" while n_rows <= n_orig (or when no long context is configured), else "long"."""
         return "short" if n_rows <= self.n_orig or self.n_ctx <= self.n_orig else "long"
 
-    def context(self, kind: str) -> Context:
-        if kind not in self.contexts:
+    def capacity(self, kind: str) -> int:
+        """Cells per slot of a `kind` context."""
+        return min(self.n_ctx, self.n_orig) if kind == "short" else self.n_ctx
+
+    def context_cells(self, kind: str) -> int:
+        """Cells a `kind` context holds (every slot's)."""
+        return self.n_slots * self.capacity(kind)
+
+    def cells_allocated(self) -> int:
+        """KV cells of every open context (read from other threads too: iterates a snapshot)."""
+        return sum(self.context_cells(kind) for kind, _ in list(self.contexts))
+
+    def context(self, kind: str, lora: str | None = None) -> Context:
+        """The (kind, lora) context, created now if it is not there (regardless of the budget)."""
+        key = (kind, lora)
+        if key not in self.contexts:
             s = self.settings
             ctx = Context(self.model, ContextSettings(self.capacity(kind), s.n_batch, s.n_threads, s.flash_attn,
                                                       self.n_slots))
-            self.contexts[kind] = ctx
-            self.slots[kind] = [Slot(kind, i, ctx) for i in range(self.n_slots)]
-        return self.contexts[kind]
-
-    def capacity(self, kind: str) -> int:
-        """Cells per slot of the `kind` context."""
-        return min(self.n_ctx, self.n_orig) if kind == "short" else self.n_ctx
+            try:
+                ctx.set_adapters([(self._adapter(lora), 1.0)] if lora else [])  # once, for its lifetime
+            except BaseException:
+                ctx.close()
+                raise
+            self.contexts[key] = ctx
+            self.slots[key] = [Slot(kind, lora, i, ctx) for i in range(self.n_slots)]
+            self.used_s[key] = time.monotonic()
+            self.context_stats.created += 1
+        return self.contexts[key]
 
     def acquire(self, kind: str, keys: list, lora: str | None) -> tuple[Slot, int] | None:
-        """An idle slot for a sequence whose rows are `keys`, and how many leading rows its KV
-        already holds (at most len(keys) - 1, so the last row is decoded for its logits); the rest
-        of that slot's KV is dropped. None when every slot is busy."""
-        self.context(kind)
-        idle = [s for s in self.slots[kind] if not s.busy]
+        """An idle slot of the (kind, lora) context for a sequence whose rows are `keys`, and how
+        many leading rows its KV already holds (at most len(keys) - 1, so the last row is decoded
+        for its logits); the rest of that slot's KV is dropped. None when every slot is busy, or
+        when the context does not exist and the KV budget has no room for it yet."""
+        key = (kind, lora)
+        if key not in self.contexts and not self._make_room(self.context_cells(kind)):
+            return None
+        self.context(kind, lora)
+        idle = [s for s in self.slots[key] if not s.busy]
         if not idle:
             return None
-        def shared(s: Slot) -> int:
-            return _common_prefix(s.keys, keys) if s.lora == lora else 0
-        best = max(idle, key=lambda s: (shared(s), -s.last_used))
-        reuse = min(shared(best), max(len(keys) - 1, 0))
+        best = max(idle, key=lambda s: (_common_prefix(s.keys, keys), -s.last_used))
+        reuse = min(_common_prefix(best.keys, keys), max(len(keys) - 1, 0))
         if reuse == 0:
             best = min(idle, key=lambda s: s.last_used)  # nothing shared: evict the least recently used
         best.ctx.truncate(best.seq, reuse)
-        best.keys, best.lora, best.busy = best.keys[:reuse], lora, True
+        best.keys, best.busy = best.keys[:reuse], True
+        self.used_s[key] = time.monotonic()
         self.stats.hits += int(reuse > 0)
         self.stats.rows_reused += reuse
         return best, reuse
@@ -109,9 +151,39 @@ class Contexts:
         """The slot goes idle; its KV, holding the rows `keys`, stays as a cached prefix."""
         self._tick += 1
         slot.keys, slot.busy, slot.last_used = keys, False, self._tick
+        self.used_s[(slot.kind, slot.lora)] = time.monotonic()
 
-    def apply_lora(self, ctx: Context, lora: str | None) -> None:
-        ctx.set_adapters([(self._adapter(lora), 1.0)] if lora else [])
+    def release_idle(self, now_s: float | None = None) -> int:
+        """Close the contexts nobody has used for idle_release_s (their cached prefixes go with
+        them); how many were closed."""
+        if self.idle_release_s is None:
+            return 0
+        now_s = time.monotonic() if now_s is None else now_s
+        stale = [k for k in self._idle_keys() if now_s - self.used_s[k] >= self.idle_release_s]
+        for key in stale:
+            self._close(key)
+        self.context_stats.closed_idle += len(stale)
+        return len(stale)
+
+    def _make_room(self, cells: int) -> bool:
+        """Close idle contexts, least recently used first, until `cells` more fit the budget."""
+        if self.budget_cells is None:
+            return True
+        while self.cells_allocated() + cells > self.budget_cells:
+            idle = self._idle_keys()
+            if not idle:
+                return False
+            self._close(min(idle, key=lambda k: self.used_s[k]))
+            self.context_stats.closed_for_room += 1
+        return True
+
+    def _idle_keys(self) -> list[Key]:
+        return [k for k, slots in self.slots.items() if not any(s.busy for s in slots)]
+
+    def _close(self, key: Key) -> None:
+        self.contexts.pop(key).close()
+        self.slots.pop(key)
+        self.used_s.pop(key)
 
     def _adapter(self, name: str) -> Adapter:
         if name not in self.adapters:
@@ -120,19 +192,26 @@ class Contexts:
 
     def cells_cached(self) -> int:
         """Cells holding the cached prefixes of idle slots."""
-        return sum(len(s.keys) for slots in self.slots.values() for s in slots if not s.busy)
+        return sum(len(s.keys) for slots in list(self.slots.values()) for s in slots if not s.busy)
 
     def busy(self) -> int:
-        return sum(s.busy for slots in self.slots.values() for s in slots)
+        return sum(s.busy for slots in list(self.slots.values()) for s in slots)
 
     def close(self) -> None:
-        for ctx in self.contexts.values():
-            ctx.close()
-        self.contexts.clear()
-        self.slots.clear()
+        for key in list(self.contexts):
+            self._close(key)
         for adapter in self.adapters.values():
             adapter.close()
         self.adapters.clear()
+
+
+def default_budget_cells(n_slots: int, n_ctx: int, n_orig: int) -> int:
+    """The default KV budget: room for a short context of each adapter set at once (text, image
+    and audio requests never wait for each other's context), and, when n_ctx > n_orig, for a long
+    context beside a short one (a long conversation and another request)."""
+    short = min(n_ctx, n_orig)
+    per_slot = 3 * short if n_ctx <= n_orig else max(3 * short, short + n_ctx)
+    return n_slots * per_slot
 
 
 def n_rows(items: list[Item]) -> int:

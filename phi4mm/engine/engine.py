@@ -17,7 +17,7 @@ import numpy as np
 
 from phi4mm import keys, media
 from phi4mm.engine import llama, malloc
-from phi4mm.engine.contexts import Contexts, Item, n_rows
+from phi4mm.engine.contexts import Contexts, Item, default_budget_cells, n_rows
 from phi4mm.engine.encoders import Encoders, Span
 from phi4mm.engine.llama import ContextSettings, Model, Sampler, SamplerSettings, StopCheck
 from phi4mm.engine.scheduler import Scheduler
@@ -51,6 +51,8 @@ class EngineSettings:
     n_gpu_layers: int | None = None        # decoder layers on the GPU; None: all if llama.cpp has a GPU backend
     main_gpu: int | None = None            # the GPU holding the whole decoder; None: split over every GPU
     encoder_device: str = "cpu"            # where the image and audio encoders run: "cpu" or "cuda"
+    kv_budget_mb: int | None = None        # KV of every context together; None: contexts.default_budget_cells
+    context_idle_s: float | None = 600.0   # a context unused this long is closed, its cached prefixes with it
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,29 @@ class Engine:
         n_orig = int(self.model.meta(keys.ORIGINAL_CONTEXT_KEY) or self.model.n_ctx_train)
         self.contexts = Contexts(self.model, ContextSettings(settings.n_ctx, settings.n_batch, settings.n_threads,
                                                               settings.flash_attn), n_orig,
-                                 {"vision": files.vision_lora, "speech": files.speech_lora}, settings.n_parallel)
+                                 {"vision": files.vision_lora, "speech": files.speech_lora}, settings.n_parallel,
+                                 budget_cells=self._budget_cells(settings, n_orig),
+                                 idle_release_s=settings.context_idle_s)
         self.contexts.context("short")  # its KV cells are allocated now, not on the first request
         self.media = media.media_loader(settings.media_workers)  # decodes what requests send
         self.encoders = Encoders(files, settings.media_cache_bytes, settings.dynamic_hd, self.media,
                                  device=settings.encoder_device)
         self.scheduler = Scheduler(self.model, self.contexts, settings.n_batch, settings.prefill_chunk)
         self._encoding = threading.Lock()  # encoders and their cache: one request at a time
+
+    def _budget_cells(self, settings: EngineSettings, n_orig: int) -> int:
+        """The KV budget in cells: kv_budget_mb over the model's bytes per cell, else the default."""
+        if settings.kv_budget_mb is None:
+            return default_budget_cells(settings.n_parallel, settings.n_ctx, n_orig)
+        cells = (settings.kv_budget_mb << 20) // self.model.kv_bytes_per_cell
+        least = settings.n_parallel * settings.n_ctx  # one long context (or the only context size)
+        if cells < least:
+            least_mb = -(-least * self.model.kv_bytes_per_cell // (1 << 20))
+            self.model.close()
+            raise InputError(f"kv_budget_mb is {settings.kv_budget_mb}, expected at least {least_mb} "
+                             f"({settings.n_parallel} slot(s) of {settings.n_ctx} cells, "
+                             f"{self.model.kv_bytes_per_cell // 1024} KiB each)", param="kv_budget_mb")
+        return cells
 
     @property
     def n_ctx(self) -> int:

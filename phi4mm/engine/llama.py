@@ -185,6 +185,11 @@ class Model:
         if not self.ptr:
             raise ConfigError(f"llama.cpp could not load {path} as a text decoder GGUF", key=str(path))
         self.offload = self.plan.placed(llama_cpp.llama_model_n_layer(self.ptr))
+        n_head = llama_cpp.llama_model_n_head(self.ptr)
+        head_dim = llama_cpp.llama_model_n_embd(self.ptr) // max(n_head, 1)
+        # f16 K and V (llama.cpp's default cache type) of every layer's KV heads: bytes per KV cell
+        self.kv_bytes_per_cell = 2 * 2 * llama_cpp.llama_model_n_layer(self.ptr) * \
+            llama_cpp.llama_model_n_head_kv(self.ptr) * head_dim
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.ptr)

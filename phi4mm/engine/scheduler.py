@@ -1,7 +1,8 @@
 """Continuous batching: one engine thread runs a step loop over every admitted sequence.
 
-Each step picks one group of sequences that share a context (short/long LongRoPE factors) and a
-LoRA set, taking turns between groups, and decodes one batch: the next token of every decoding
+Each step picks one group of sequences that share a context (one per LongRoPE factor set and
+adapter set, its adapters fixed for its lifetime: no step changes them), taking turns between
+groups, and decodes one batch: the next token of every decoding
 sequence in the group plus a bounded chunk of pending prompt rows (token rows in the same
 llama_decode call; image and audio rows in a second one, since a batch is either tokens or
 embeddings), shortest prompts first. So a long prompt is spread over many steps and stalls other
@@ -9,8 +10,10 @@ streams by at most one chunk; a short prompt queued behind a long one starts wit
 a lone prompt takes whole batches. Each sequence samples from its own logits row with its own
 sampler chain.
 
-Sequences wait in FIFO order for a free slot of their context; a finished one leaves its KV in its
-slot as a cached prefix (contexts.py). A cancelled one (closed generator, gone client, should_stop)
+Sequences wait in FIFO order for a free slot of their context (or for the KV budget to have room for
+that context); a finished one leaves its KV in its slot as a cached prefix (contexts.py). A
+sequence that outgrows its short context and finds no room for a long one waits again, first in
+line, and is re-decoded in a long slot once there is room. A cancelled one (closed generator, gone client, should_stop)
 leaves at the start of the next step.
 """
 
@@ -27,6 +30,7 @@ from phi4mm.engine.sequence import END, Chunk, Run, Sequence
 from phi4mm.errors import Cancelled, EngineError
 
 RATE_WINDOW_S = 10.0
+IDLE_CHECK_S = 5.0      # how often an idle engine thread looks for contexts to release
 
 
 @dataclass
@@ -97,7 +101,8 @@ class Scheduler:
         while True:
             with self._cond:
                 while not self._closing and not self.running and not self.waiting:
-                    self._cond.wait()
+                    self._cond.wait(IDLE_CHECK_S)
+                    self.contexts.release_idle()
                 if self._closing:
                     break
             self.step()
@@ -139,15 +144,16 @@ class Scheduler:
                 self.waiting.popleft()
                 self.running.append(seq)
             seq.slot, seq.pos = got
-            seq.usage.cached_tokens = seq.pos
-            seq.admitted_s = time.perf_counter()
-            seq.usage.queue_seconds = seq.admitted_s - seq.submitted_s
+            if seq.admitted_s is None:  # (not a sequence that came back to wait for a long slot)
+                seq.usage.cached_tokens = seq.pos
+                seq.admitted_s = time.perf_counter()
+                seq.usage.queue_seconds = seq.admitted_s - seq.submitted_s
 
     def _next_group(self) -> list[Sequence]:
-        """The sequences of the next (context, LoRA) group in turn."""
+        """The sequences of the next context (LongRoPE kind, adapter set) in turn."""
         groups: dict[tuple[str, str], list[Sequence]] = {}
         for seq in self.running:
-            groups.setdefault((seq.slot.kind, seq.lora or ""), []).append(seq)
+            groups.setdefault((seq.slot.kind, seq.slot.lora or ""), []).append(seq)
         if not groups:
             return []
         order = sorted(groups)
@@ -156,7 +162,6 @@ class Scheduler:
 
     def _decode(self, group: list[Sequence]) -> None:
         ctx = group[0].slot.ctx
-        self.contexts.apply_lora(ctx, group[0].lora)
         streams = [s for s in group if s.decoding]
         prompts = sorted((s for s in group if not s.decoding), key=lambda s: s.total - s.pos)  # shortest first
         planned: list[tuple[Sequence, Run]] = [(s, s.next_run(1)) for s in streams]
@@ -243,11 +248,16 @@ class Scheduler:
         return None
 
     def _move_to_long(self, seq: Sequence) -> None:
-        """Past n_orig rows: the whole sequence is re-decoded with the long factors."""
+        """Past n_orig rows: the whole sequence is re-decoded with the long factors, now, or after
+        waiting first in line when no long slot is free or the KV budget has no room yet."""
         self.contexts.release(seq.slot, seq.keys[:seq.pos])
         got = self.contexts.acquire("long", seq.keys, seq.lora)
-        if got is None:  # cannot happen: no more sequences run than there are long slots
-            raise EngineError("no long-context slot is free")
+        if got is None:
+            seq.slot, seq.pos = None, 0
+            with self._cond:
+                self.running.remove(seq)
+                self.waiting.appendleft(seq)
+            return
         seq.slot, seq.pos = got
 
     def _end(self, seq: Sequence, finish: str, flush: bool) -> None:
