@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phi4mm import keys
 from phi4mm.errors import ConfigError
+from phi4mm.flags import add_device_arguments
 from phi4mm.media import MediaLimits
 from phi4mm.store import DEFAULT_MODEL, DEFAULT_QUANT
 
@@ -99,12 +99,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "worker is stopped and the request answered 400 (default 30)")
     add("--media-worker-memory-mb", type=int, default=2048, help="memory a decoder process may take "
         "for one decode, past what it starts with (default 2048)")
-    add("--gpu-layers", type=int, default=None, metavar="N", help="decoder layers to offload to the GPU, the "
-        "output layer counting as one; -1: all (default: all when llama.cpp has a GPU backend, else 0)")
-    add("--main-gpu", type=int, default=None, metavar="I", help="put the whole decoder on GPU I "
-        "(0, 1, ...; default: split its layers over every GPU)")
-    add("--encoder-device", choices=keys.ENCODER_DEVICES, default="cpu",
-        help="where the image and audio encoders run (default cpu)")
+    add_device_arguments(parser)
     add("--kv-budget-mb", type=int, default=None, metavar="MB", help="KV memory of every context "
         "together (one per adapter set and LongRoPE factor set); past it requests wait (default: room "
         "for a short context per adapter set and a long one beside a short one; README, KV memory)")

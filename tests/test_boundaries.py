@@ -38,7 +38,7 @@ PURE = {"phi4mm/vision/preprocess.py", "phi4mm/vision/encoder.py", "phi4mm/promp
 FLOORS = [
     {"errors", "keys", "modes", "usage", "progress"},
     {"arrays"},      # the encoders' array namespace and its fallbacks
-    {"params", "files", "nn", "weights", "media", "prompt"},
+    {"params", "files", "nn", "weights", "media", "prompt", "flags"},
     {"vision", "audio", "transcribe"},
     {"engine"},
     {"converter"},   # its quantizer runs through engine.llama

@@ -8,8 +8,9 @@ import sys
 import time
 import warnings
 
-from phi4mm import keys, store
+from phi4mm import store
 from phi4mm.errors import OffloadWarning
+from phi4mm.flags import add_device_arguments
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, n_ctx: int, n_ctx_help: str) -> None:
@@ -22,17 +23,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, n_ctx: int, n_ctx_help:
     add("--n-ctx", type=int, default=n_ctx, help=f"context window in tokens ({n_ctx_help})")
     add("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     add_device_arguments(parser)
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """--gpu-layers, --main-gpu, --encoder-device (README, section GPU)."""
-    add = parser.add_argument
-    add("--gpu-layers", type=int, default=None, metavar="N", help="decoder layers to offload to the GPU, the "
-        "output layer counting as one; -1: all (default: all when llama.cpp has a GPU backend, else 0)")
-    add("--main-gpu", type=int, default=None, metavar="I", help="put the whole decoder on GPU I "
-        "(0, 1, ...; default: split its layers over every GPU)")
-    add("--encoder-device", choices=keys.ENCODER_DEVICES, default="cpu",
-        help="where the image and audio encoders run (default cpu)")
 
 
 def load_model(args: argparse.Namespace):
