@@ -55,7 +55,7 @@ class Phi4MM:
         `encoder_device`: where the image and audio encoders run, "cpu" or "cuda".
         `kv_budget_mb`: the KV cells of every context together (one context per adapter set and
         LongRoPE factor set, created on first need); past it requests wait. None: room for a short
-        context of each adapter set, and for a long one beside a short one (README, KV memory)."""
+        context of each adapter set, and for a long one beside a short one (README: Serving several users)."""
         if not isinstance(n_ctx, int) or n_ctx < 16:
             raise InputError(f"n_ctx is {n_ctx!r}, expected an integer >= 16", param="n_ctx")
         files = store.locate(model, quant, encoder_type, cache_dir, progress, n_threads)

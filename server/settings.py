@@ -102,7 +102,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
     add("--kv-budget-mb", type=int, default=None, metavar="MB", help="KV memory of every context "
         "together (one per adapter set and LongRoPE factor set); past it requests wait (default: room "
-        "for a short context per adapter set and a long one beside a short one; README, KV memory)")
+        "for a short context per adapter set and a long one beside a short one; README: Serving several users)")
 
 
 def settings_from_args(args: argparse.Namespace, model_dir: Path | None = None) -> ServerSettings:
