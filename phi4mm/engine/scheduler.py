@@ -10,11 +10,12 @@ streams by at most one chunk; a short prompt queued behind a long one starts wit
 a lone prompt takes whole batches. Each sequence samples from its own logits row with its own
 sampler chain.
 
-Sequences wait in FIFO order for a free slot of their context (or for the KV budget to have room for
-that context); a finished one leaves its KV in its slot as a cached prefix (contexts.py). A
+Sequences wait in FIFO order for a free slot of their context (or for the KV budget to have room
+for that context); a finished one leaves its KV in its slot as a cached prefix (contexts.py). A
 sequence that outgrows its short context and finds no room for a long one waits again, first in
-line, and is re-decoded in a long slot once there is room. A cancelled one (closed generator, gone client, should_stop)
-leaves at the start of the next step.
+line, and is re-decoded in a long slot once there is room. A cancelled one (closed generator, gone
+client, should_stop) leaves at the start of the next step. Contexts unused for their idle time are
+closed at the start of a step, or every IDLE_CHECK_S while the engine has nothing to do.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ class Scheduler:
         while True:
             with self._cond:
                 while not self._closing and not self.running and not self.waiting:
-                    self._cond.wait(IDLE_CHECK_S)
                     self.contexts.release_idle()
+                    self._cond.wait(IDLE_CHECK_S)
                 if self._closing:
                     break
             self.step()
@@ -111,6 +112,7 @@ class Scheduler:
 
     def step(self) -> None:
         self._drop_cancelled()
+        self.contexts.release_idle()
         self._admit()
         group = self._next_group()
         if not group:
