@@ -55,6 +55,12 @@ def create_app(settings: ServerSettings, load_engine: EngineLoader = load_phi4mm
         finally:
             await asyncio.to_thread(service.close)
 
+    return build_app(settings, lifespan)
+
+
+def build_app(settings: ServerSettings, lifespan: Callable | None = None) -> Starlette:
+    """Every route, with the service taken from the lifespan state. Without a lifespan the caller
+    owns the service and puts it in each request's scope state (an engine replica on Ray Serve)."""
     routes = [*ROUTES, *AUDIO_ROUTES, openapi_route(settings), *(ui_routes(settings) if settings.ui else [])]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 

@@ -84,3 +84,33 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+def merge_expositions(by_replica: dict[str, str]) -> tuple[bytes, str]:
+    """One exposition holding every replica's series, each sample labelled `replica="<id>"`: what a
+    single scrape of a deployment of several engine replicas returns."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    merged: dict[str, Any] = {}
+    for replica, text in sorted(by_replica.items()):
+        for family in text_string_to_metric_families(text):
+            into = merged.setdefault(family.name, _empty_like(family))
+            for sample in family.samples:
+                into.samples.append(sample._replace(labels={**sample.labels, "replica": replica}))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(merged.values())))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _empty_like(family: Any) -> Any:
+    from prometheus_client.metrics_core import Metric
+
+    return Metric(family.name, family.documentation, family.type, family.unit)
+
+
+class _Families:
+    def __init__(self, families: list):
+        self.families = families
+
+    def collect(self):
+        yield from self.families

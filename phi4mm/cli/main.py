@@ -22,7 +22,23 @@ def _serve(args: argparse.Namespace) -> int:
         if exc.name not in ("starlette", "uvicorn"):
             raise
         raise ConfigError(f"`phi4mm serve` needs {exc.name}: pip install 'phi4mm[server]'") from None
-    return serve_from_args(args)
+    if args.replicas is None:
+        return serve_from_args(args)
+    try:
+        from phi4mm.cluster.launch import serve_replicas
+    except ImportError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        raise ConfigError("`phi4mm serve --replicas` needs Ray Serve: pip install 'phi4mm[ray]'") from None
+    return serve_replicas(args)
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from phi4mm.cluster.scaling import add_replica_arguments
+    from phi4mm.server.settings import add_serve_arguments
+
+    add_serve_arguments(parser)
+    add_replica_arguments(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -41,13 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     from phi4mm.cli.chat import add_run_arguments
     from phi4mm.cli.convert import add_convert_arguments
     from phi4mm.cli.transcribe import add_transcribe_arguments
-    from phi4mm.server.settings import add_serve_arguments
 
     parser = argparse.ArgumentParser(prog="phi4mm", description="Phi-4-multimodal-instruct on llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
         ("convert", "convert a hub checkpoint (directory or repo id) to GGUF files", add_convert_arguments, _convert),
-        ("serve", "serve the model with an OpenAI-compatible HTTP API", add_serve_arguments, _serve),
+        ("serve", "serve the model with an OpenAI-compatible HTTP API", _add_serve_arguments, _serve),
         ("run", "answer one prompt (streaming), or chat interactively", add_run_arguments, _run),
         ("transcribe", "transcribe or translate an audio file of any length", add_transcribe_arguments,
          _transcribe),

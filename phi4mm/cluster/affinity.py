@@ -1,0 +1,100 @@
+"""Conversation affinity, pure: the key a request is routed by, and the replica that key goes to.
+
+The key (first that applies):
+1. the `x-session-id` header;
+2. the OpenAI `user` field, else `prompt_cache_key`;
+3. a digest of the conversation's first system turn and first user turn, each media part (image,
+   audio) replaced by the digest of its JSON, so every later turn of the same chat maps to the
+   same key while the growing tail does not change it.
+A request with none of these (an audio upload, a body that is not a chat) has no key and goes to
+the least-loaded replica.
+
+The replica: rendezvous (highest-random-weight) hashing over the live replica ids, so a replica
+joining or leaving moves only the keys it wins or held, with a bounded load (Mirrokni, Thorup and
+Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2017): the owner keeps the request unless
+it is over its share, `ceil(load_factor * (total + 1) / n)` ongoing requests, and never counts as
+over while it has a free slot (`min_share`); over it, the request goes to the least-loaded
+replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SESSION_HEADER = "x-session-id"
+REPLICA_HEADER = "x-phi4mm-replica"
+BODY_KEYS = ("user", "prompt_cache_key")
+DEFAULT_LOAD_FACTOR = 2.0
+
+
+def affinity_key(headers: Mapping[str, str], body: Any) -> str | None:
+    """The routing key of a request: `headers` with lower-case names, `body` its parsed JSON (or
+    None when it is not JSON)."""
+    session = headers.get(SESSION_HEADER, "").strip()
+    if session:
+        return f"session:{session}"
+    if not isinstance(body, dict):
+        return None
+    for name in BODY_KEYS:
+        value = body.get(name)
+        if isinstance(value, str) and value:
+            return f"{name}:{value}"
+    digest = conversation_digest(body.get("messages"))
+    return None if digest is None else f"conversation:{digest}"
+
+
+def conversation_digest(messages: Any) -> str | None:
+    """sha256 of the first system and first user message (media parts by their own digests); None
+    when there is no user message."""
+    if not isinstance(messages, list):
+        return None
+    first: dict[str, Any] = {}
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") in ("system", "user"):
+            first.setdefault(message["role"], _canonical_content(message.get("content")))
+        if "user" in first:
+            break
+    if "user" not in first:
+        return None
+    return _sha256(json.dumps([first.get("system"), first["user"]], sort_keys=True, separators=(",", ":")))
+
+
+def _canonical_content(content: Any) -> Any:
+    if not isinstance(content, list):
+        return content
+    return [part.get("text") if isinstance(part, dict) and part.get("type") == "text"
+            else {"media": _sha256(json.dumps(part, sort_keys=True, separators=(",", ":")))}
+            for part in content]
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def preference(key: str, replica_ids: Sequence[str]) -> list[str]:
+    """`replica_ids` in the key's order of preference (rendezvous hashing): the same for every
+    caller that sees the same ids, and removing one id leaves the others' order unchanged."""
+    return sorted(replica_ids, key=lambda rid: _sha256(f"{key}\x00{rid}"), reverse=True)
+
+
+def choose(key: str | None, loads: Mapping[str, int], load_factor: float = DEFAULT_LOAD_FACTOR,
+           min_share: int = 1) -> list[str]:
+    """Replica ids ranked for one request, best first. `loads` maps each live replica id to its
+    ongoing requests. With a key: its owner first, unless the owner is over its share; without
+    one, or past it: least loaded first (ties in the key's order of preference)."""
+    if not loads:
+        return []
+    ids = list(loads)
+    order = preference(key or "", ids)
+    by_load = sorted(order, key=lambda rid: loads[rid])  # stable: ties keep the preference order
+    if key is None:
+        return by_load
+    owner = order[0]
+    share = max(math.ceil(load_factor * (sum(loads.values()) + 1) / len(ids)), min_share)
+    if loads[owner] + 1 <= share:
+        return [owner, *[rid for rid in by_load if rid != owner]]
+    return by_load
