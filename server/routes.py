@@ -89,7 +89,9 @@ async def models(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse(_service(request).health())
+    """200 while serving; 503 while loading (Unavailable) or draining, for readiness probes."""
+    body = _service(request).health()
+    return JSONResponse(body, status_code=503 if body["status"] == "shutting_down" else 200)
 
 
 async def metrics(request: Request) -> Response:

@@ -18,7 +18,9 @@ ALLOWED = {  # library -> files that may import it
     "PIL": {"phi4mm/media/image.py", "phi4mm/media/isolation.py", "phi4mm/vision/preprocess.py"},
     "av": {"phi4mm/media/audio.py"},
     "soundfile": {"phi4mm/media/audio.py"},
-    "starlette": {str(p.relative_to(ROOT)) for p in ROOT.glob("server/**/*.py")},
+    "starlette": {str(p.relative_to(ROOT)) for p in ROOT.glob("server/**/*.py")} | {"phi4mm/cluster/deployments.py"},
+    "ray": {"phi4mm/cluster/router.py", "phi4mm/cluster/deployments.py", "phi4mm/cluster/app.py",
+            "phi4mm/cluster/launch.py"},  # the phi4mm[ray] extra; affinity, bridge and scaling run without it
     "uvicorn": {"server/app.py"},
     "prometheus_client": {"server/metrics.py"},
     "torch": set(),
@@ -28,7 +30,8 @@ ALLOWED = {  # library -> files that may import it
     "cupy": {"phi4mm/arrays.py"},
     "array_api_strict": set(),                  # tests only
 }
-PURE = {"phi4mm/vision/preprocess.py", "phi4mm/vision/encoder.py", "phi4mm/prompt.py", "phi4mm/params.py",
+PURE = {"phi4mm/cluster/affinity.py",
+        "phi4mm/vision/preprocess.py", "phi4mm/vision/encoder.py", "phi4mm/prompt.py", "phi4mm/params.py",
         "phi4mm/nn.py", "phi4mm/engine/streaming.py", "phi4mm/engine/offload.py", "phi4mm/transcribe/windows.py",
         "phi4mm/transcribe/instructions.py", "phi4mm/transcribe/results.py", "phi4mm/transcribe/formats.py",
         "converter/names.py"}  # numpy + standard library (+ Pillow resize)
@@ -45,11 +48,13 @@ FLOORS = [
     {"store"},       # converts on first use
     {"api"},
     {"__init__"},    # the package's facade: errors, and Phi4MM on first use
-    {"cli", "server"},
+    {"server"},
+    {"cluster"},     # engine replicas on Ray Serve, each running the server's app
+    {"cli"},
     {"__main__"},    # python -m phi4mm
 ]
 FLOOR = {part: i for i, parts in enumerate(FLOORS) for part in parts}
-SAME_FLOOR = {("cli", "server")}  # `phi4mm serve` is the server's command
+SAME_FLOOR: set[tuple[str, str]] = set()
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -113,7 +118,7 @@ def test_heavy_imports_stay_in_their_module(path):
 def test_pure_modules_do_no_io(rel):
     source = (ROOT / rel).read_text()
     allowed = {"numpy", "phi4mm", "__future__", "math", "re", "dataclasses", "typing", "collections",
-               "hashlib", "PIL", "itertools", "functools", "codecs", "concurrent", "zlib", "types"}
+               "hashlib", "json", "PIL", "itertools", "functools", "codecs", "concurrent", "zlib", "types"}
     assert imported_modules(ROOT / rel) <= allowed, imported_modules(ROOT / rel) - allowed
     for call in ("open(", "os.environ", "urllib", "socket"):
         assert call not in source, f"{rel} uses {call}"
@@ -147,7 +152,9 @@ def test_encoders_import_nothing_from_the_engine():
 
 def test_nothing_imports_the_command_line_or_the_server():
     assert importers_of("phi4mm.cli") <= set(rel_files("phi4mm/cli")) | {"phi4mm/__main__.py"}
-    assert importers_of("phi4mm.server") <= set(rel_files("server")) | set(rel_files("phi4mm/cli"))
+    assert importers_of("phi4mm.server") <= set(rel_files("server")) | set(rel_files("phi4mm/cli")) | \
+        set(rel_files("phi4mm/cluster"))
+    assert importers_of("phi4mm.cluster") <= set(rel_files("phi4mm/cluster")) | {"phi4mm/cli/main.py"}
     assert not any(n.startswith("phi4mm.cli") for rel in rel_files("server") for n in internal_imports(rel))
 
 

@@ -211,7 +211,8 @@ def test_not_loaded_is_503(engine: FakeEngine):
 def test_shutting_down_is_503(client: TestClient, engine: FakeEngine):
     assert client.app_state["service"].worker.close(timeout_s=5)
     assert error_of(chat(client), 503)["code"] == "unavailable"
-    assert client.get("/health").json()["status"] == "shutting_down"
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "shutting_down"  # readiness probes fail
 
 
 # -- the worker on its own ---------------------------------------------------------------------
