@@ -326,3 +326,19 @@ def test_idle_contexts_are_released_and_come_back(tiny_f32, alone):
         assert not contexts.contexts and contexts.context_stats.closed_idle >= 2
         assert _greedy(model, REQUESTS["audio"]()) == alone["audio"][1]
         assert set(contexts.contexts) == {("short", "speech")}
+
+
+def test_a_new_conversation_does_not_take_the_slot_of_another_for_a_shared_system_prompt(tiny_f32):
+    """Two slots; A's first turn fills one. B shares only the short system prompt with it, so B
+    takes the empty slot, and A's second turn finds its whole first prompt still cached. (Taking
+    the slot with the longest shared prefix, as before, left A only the system prompt's rows.)"""
+    system = {"role": "system", "content": "Be brief."}
+    a = [system, {"role": "user", "content": "Conversation A: " + "tell me about the sea. " * 6}]
+    b = [system, {"role": "user", "content": "Conversation B: " + "tell me about the hills. " * 6}]
+    with _model(tiny_f32, 2) as model:
+        a1 = model.create_chat_completion(a, max_tokens=2, temperature=0)
+        b1 = model.create_chat_completion(b, max_tokens=2, temperature=0)
+        a2 = model.create_chat_completion([*a, a1["choices"][0]["message"], {"role": "user", "content": "more"}],
+                                          max_tokens=2, temperature=0)
+    assert b1["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert a2["usage"]["prompt_tokens_details"]["cached_tokens"] >= a1["usage"]["prompt_tokens"] - 1

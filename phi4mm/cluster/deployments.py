@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 
 from ray import serve
@@ -79,6 +80,8 @@ class Gateway:
         self.settings = settings
         self.target_replicas = target_replicas  # None: autoscaling, read from Serve's status
         self.affinity = affinity
+        self.in_flight = 0      # requests whose response has not ended yet
+        self.draining = False
 
     async def __call__(self, request: Request) -> Response:
         path, method = request.url.path, request.method
@@ -86,13 +89,41 @@ class Gateway:
             return await self.health()
         if path == "/metrics" and method == "GET":
             return await self.metrics()
+        if self.draining:
+            return JSONResponse(error_body(Unavailable("the server is shutting down; retry against a running "
+                                                       "server")), status_code=503)
+        self.in_flight += 1
+        response: Response | None = None
         try:
-            http = await _read(request, self.settings.max_body_bytes)
-        except BodyTooLarge as exc:
-            return JSONResponse(error_body(exc), status_code=413)
-        key = affinity_key({k.decode().lower(): v.decode("latin-1") for k, v in http.headers}, _json(http)) \
-            if self.affinity else None
-        return await self.forward(http, key)
+            try:
+                http = await _read(request, self.settings.max_body_bytes)
+            except BodyTooLarge as exc:
+                return JSONResponse(error_body(exc), status_code=413)
+            headers = {k.decode().lower(): v.decode("latin-1") for k, v in http.headers}
+            key = affinity_key(headers, _json(http)) if self.affinity else None
+            response = await self.forward(http, key)
+            return response
+        finally:
+            if isinstance(response, StreamingResponse):
+                response.body_iterator = self._counted(response.body_iterator)
+            else:
+                self.in_flight -= 1
+
+    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self.in_flight -= 1
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new requests (503) and wait up to `timeout_s` for those in flight to end; how many
+        had not ended by then."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.in_flight
 
     async def forward(self, http: HttpRequest, key: str | None) -> Response:
         """Send `http` to a replica; commit to the client only once the replica has sent its
@@ -136,12 +167,13 @@ class Gateway:
             snapshots = []
         healthy = [s for s in snapshots if s["health"].get("status") == "ok"]
         target = self.target_replicas if self.target_replicas is not None else await asyncio.to_thread(_serve_target)
-        body = {"status": "ok" if healthy else "unavailable", "model": self.settings.model,
+        status = "shutting_down" if self.draining else "ok" if healthy else "unavailable"
+        body = {"status": status, "model": self.settings.model,
                 "replicas": {"target": target, "healthy": len(healthy)},
                 "queued": sum(s["health"].get("queued", 0) for s in snapshots),
                 "in_flight": sum(s["health"].get("in_flight", 0) for s in snapshots),
                 "replica_health": {s["replica"]: {**s["health"], "pid": s["pid"]} for s in snapshots}}
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     async def metrics(self) -> Response:
         try:

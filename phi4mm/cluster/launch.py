@@ -58,6 +58,10 @@ def serve_replicas(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
         _say("stopping: draining the requests in flight ...")
+        left = serve.get_app_handle(APP_NAME).drain.remote(settings.shutdown_timeout_s).result(
+            timeout_s=settings.shutdown_timeout_s + 30)
+        if left:
+            _say(f"{left} requests were still running after {settings.shutdown_timeout_s:g} s: cancelled")
     except (_Interrupted, KeyboardInterrupt) as exc:
         _say(f"{exc or 'SIGINT'} during start-up: stopping")
     finally:

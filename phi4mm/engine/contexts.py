@@ -21,7 +21,8 @@ a context that would not fit is created only after idle contexts (no running seq
 least recently used first; until then the request waits. Contexts idle for `idle_release_s` are
 closed too, so memory follows the mix of modalities. Idle slots keep their KV as cached prefixes
 (a system prompt, an image, the earlier turns of a chat): a new request takes the idle slot sharing
-its longest prefix, else the least recently used one.
+its longest prefix where that prefix is at least SLOT_SIMILARITY of what the slot holds, else the
+least recently used one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from phi4mm.engine.llama import Adapter, Context, ContextSettings, Model
 Item = int | Span
 Key = tuple[str, str | None]  # (LongRoPE kind: "short" or "long", adapter set: None, "vision", "speech")
 KINDS = ("short", "long")
+SLOT_SIMILARITY = 0.5  # a slot is reused when the new prompt shares at least this fraction of its rows
 
 
 @dataclass
@@ -136,10 +138,17 @@ class Contexts:
         idle = [s for s in self.slots[key] if not s.busy]
         if not idle:
             return None
-        best = max(idle, key=lambda s: (_common_prefix(s.keys, keys), -s.last_used))
-        reuse = min(_common_prefix(best.keys, keys), max(len(keys) - 1, 0))
-        if reuse == 0:
-            best = min(idle, key=lambda s: s.last_used)  # nothing shared: evict the least recently used
+        shared = {id(s): _common_prefix(s.keys, keys) for s in idle}
+        # Reuse a slot only when what it shares is most of what it holds (llama.cpp's server has the
+        # same rule, --slot-prompt-similarity 0.5): else a few shared rows (a common system prompt)
+        # would throw away another conversation's earlier turns, and the least recently used slot
+        # (an empty one first) is taken instead.
+        worth = [s for s in idle if shared[id(s)] and shared[id(s)] >= SLOT_SIMILARITY * len(s.keys)]
+        if worth:
+            best = max(worth, key=lambda s: (shared[id(s)], -s.last_used))
+        else:
+            best = min(idle, key=lambda s: s.last_used)
+        reuse = min(shared[id(best)], max(len(keys) - 1, 0))
         best.ctx.truncate(best.seq, reuse)
         best.keys, best.busy = best.keys[:reuse], True
         self.used_s[key] = time.monotonic()
