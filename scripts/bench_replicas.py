@@ -5,8 +5,8 @@
 OUT is a converted directory (the full-size random checkpoint for real figures). In one run:
 1. 2 replicas with conversation affinity: start-up until /health says 2 healthy, the RSS of every
    process it started (engine replicas apart from Ray's own), then `conversations` chats of `turns`
-   turns, 4 at a time, each with its own image in the first turn; per turn the replica, TTFT,
-   prompt rows and cached rows.
+   turns (`concurrency` at a time, a random pause before each later turn), each with its own image
+   in the first turn; per turn the replica, TTFT, prompt rows and cached rows.
 2. The same with Serve's default router (--no-affinity).
 3. Aggregate decode throughput, 8 text requests 4 at a time: the single process (all cores) against
    2 replicas (a core each), and the start-up and RSS of the single process for comparison.
@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -144,13 +145,17 @@ def _turn(server: Server, messages: list, max_tokens: int) -> dict:
             "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"], "reply": "".join(text)}
 
 
-def conversations(server: Server, count: int, turns: int, max_tokens: int) -> dict:
+def conversations(server: Server, count: int, turns: int, max_tokens: int, concurrency: int,
+                  think_s: float) -> dict:
     def run(i: int) -> list[dict]:
+        pause = random.Random(i)  # the same think times in every phase
         messages = [{"role": "system", "content": f"You are assistant number {i}."},
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_url(i)}},
                                                  {"type": "text", "text": "What is in this picture?"}]}]
         out = []
         for n in range(turns):
+            if n:
+                time.sleep(pause.uniform(0, 2 * think_s))  # the user reads, then types the next turn
             result = _turn(server, messages, max_tokens)
             out.append(result)
             messages = [*messages, {"role": "assistant", "content": result["reply"]},
@@ -158,7 +163,7 @@ def conversations(server: Server, count: int, turns: int, max_tokens: int) -> di
         return out
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(concurrency) as pool:
         runs = list(pool.map(run, range(count)))
     wall_s = time.perf_counter() - started
     later = [t for run_ in runs for t in run_[1:]]
@@ -174,6 +179,8 @@ def conversations(server: Server, count: int, turns: int, max_tokens: int) -> di
             "later_ttft_s_median": round(statistics.median(t["ttft_s"] for t in later), 2),
             "later_ttft_s_p90": round(float(np.percentile([t["ttft_s"] for t in later], 90)), 2),
             "conversations_on_one_replica": sum(len({t["replica"] for t in run_}) == 1 for run_ in runs),
+            "replica_changes": sum(a["replica"] != b["replica"] for run_ in runs for a, b in zip(run_, run_[1:],
+                                                                                                  strict=False)),
             "replicas_used": sorted({t["replica"] for run_ in runs for t in run_})}
 
 
@@ -198,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=8, help="tokens generated per turn (default 8)")
+    ap.add_argument("--concurrency", type=int, default=8, help="conversations under way at once (default 8)")
+    ap.add_argument("--think-s", type=float, default=5.0, help="mean pause before each later turn, uniform "
+                    "over [0, 2x] (default 5; with none, a closed loop of clients keeps each conversation where "
+                    "it is: its replica is the one it just freed)")
     ap.add_argument("--parallel", type=int, default=4, help="slots per replica (default 4: the conversations "
                     "a replica owns fit its slots, so misses come from routing, not from eviction)")
     ap.add_argument("--skip-throughput", action="store_true")
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         server = Server(args.model, flags + slots, args.logs / f"bench_replicas_{name}.log", healthy=2)
         try:
             phase = {"startup_s": round(server.startup_s, 1), "rss_mib_idle": _rounded(server.rss_mib())}
-            phase["conversations"] = conversations(server, args.conversations, args.turns, args.max_tokens)
+            phase["conversations"] = conversations(server, args.conversations, args.turns, args.max_tokens,
+                                                   args.concurrency, args.think_s)
             if name == "affinity" and not args.skip_throughput:
                 phase["throughput"] = throughput(server)
             phase["rss_mib_after"] = _rounded(server.rss_mib())
@@ -243,6 +255,7 @@ def _table(results: dict) -> None:
                        ("TTFT of turns 2+, median (s)", "later_ttft_s_median"),
                        ("TTFT of turns 2+, p90 (s)", "later_ttft_s_p90"),
                        ("conversations on one replica", "conversations_on_one_replica"),
+                       ("turns that changed replica", "replica_changes"),
                        ("wall time (s)", "wall_s")):
         print(f"| {label} | {a[key]} | {d[key]} |")
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from phi4mm.cluster.affinity import affinity_key, choose, conversation_digest, preference
+from phi4mm.cluster.affinity import Placements, affinity_key, choose, conversation_digest, preference, rank
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 OTHER_IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,BBBB"}}
@@ -106,6 +106,34 @@ def test_bounded_load_keeps_every_replica_near_its_share_under_skewed_keys():
             loads[rng.choice(busy)] -= 1
 
 
+def test_a_remembered_replica_keeps_its_keys_whatever_the_load_until_it_is_gone():
+    loads = {"a": 9, "b": 0, "c": 1}
+    assert rank("k", "a", loads, load_factor=1.0) == ["a", "b", "c"]      # sticks, however busy
+    assert rank("k", "gone", loads, load_factor=1.0) == choose("k", loads, load_factor=1.0)  # died: by the hash
+    assert rank("k", None, loads) == choose("k", loads)
+    placements = Placements(capacity=2)
+    placements.remember("k1", "a")
+    placements.remember("k2", "b")
+    assert placements.get("k1") == "a"           # k1 is now the most recently used
+    placements.remember("k3", "c")               # so k2 is the one forgotten
+    assert (placements.get("k2"), placements.get("k1"), placements.get("k3"), len(placements)) == (None, "a", "c", 2)
+    placements.remember(None, "a")               # requests without a key are not remembered
+    assert placements.get(None) is None and len(placements) == 2
+
+
+def test_new_conversations_spread_by_load_and_then_stay():
+    """Eight conversations start at once on two replicas with 2 slots each: the owner takes a new
+    key until it is over its share, the rest go to the other replica; their later turns follow."""
+    placements, loads = Placements(), {"a": 0, "b": 0}
+    keys = [k for k in (f"c{i}" for i in range(100)) if preference(k, ["a", "b"])[0] == "a"][:8]  # all hash to a
+    for key in keys:
+        where = rank(key, placements.get(key), loads, load_factor=1.25, min_share=2)[0]
+        placements.remember(key, where)
+        loads[where] += 1
+    assert loads == {"a": 5, "b": 3}  # a never above ceil(1.25 x 8 / 2) = 5
+    assert all(rank(k, placements.get(k), {"a": 0, "b": 9})[0] == placements.get(k) for k in keys)
+
+
 def _replica(unique_id: str):
     return SimpleNamespace(replica_id=SimpleNamespace(unique_id=unique_id), max_ongoing_requests=100)
 
@@ -136,6 +164,10 @@ def test_the_serve_router_ranks_the_owner_first_and_honours_exclusions():
     assert owner not in sum(_choose(router, replicas, affinity_key=key, exclude=(owner,)), [])
     # ...unless every replica is excluded (then all are offered again, and the gateway stops)
     assert sorted(sum(_choose(router, replicas, affinity_key=key, exclude=("a", "b", "c")), [])) == ["a", "b", "c"]
+    # the replica the gateway remembers for the key comes first, even when another is the owner
+    other = next(rid for rid in ("a", "b", "c") if rid != owner)
+    assert _choose(router, replicas, affinity_key=key, prefer=other)[0] == [other]
+    assert _choose(router, replicas, affinity_key=key, prefer=other, exclude=(other,))[0] == [owner]
     # without a key: least loaded first, loads read from Serve's queue-length cache
     busy = _router({"a": 4, "b": 0, "c": 2})
     assert _choose(busy, replicas, affinity_key=None) == [["b"], ["c"], ["a"]]

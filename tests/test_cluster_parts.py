@@ -16,6 +16,7 @@ from starlette.routing import Route
 from phi4mm.cluster.bridge import HttpRequest, ResponseStart, call_app
 from phi4mm.cluster.scaling import Scaling
 from phi4mm.errors import ConfigError
+from phi4mm.server.settings import ServerSettings
 
 
 def _app(events: list):
@@ -139,3 +140,27 @@ def test_replicas_without_the_ray_extra_is_a_clear_cli_error(monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError(name="ray")
     assert main(["serve", "--replicas", "2", "--model", "/nonexistent"]) == 2
     assert "pip install 'phi4mm[ray]'" in capsys.readouterr().err
+
+
+def test_the_application_maps_the_flags_to_serve_options():
+    """Fixed replicas, autoscaling, the router, admission and CPUs, as deployed (no Ray started)."""
+    pytest.importorskip("ray")
+    from phi4mm.cluster.app import ROUTER, application
+
+    settings = ServerSettings(n_threads=3, parallel=2, max_queue=5, shutdown_timeout_s=7.0)
+    gateway = application(settings, Scaling(replicas=2, load_factor=1.5))._bound_deployment
+    engines = gateway.init_args[0]._bound_deployment
+    assert gateway.init_args[1:] == (settings, 2, True)
+    assert engines.num_replicas == 2 and engines.max_ongoing_requests == 2 + 5 + 1
+    assert engines.ray_actor_options["num_cpus"] == 3 and gateway.ray_actor_options["num_cpus"] == 0
+    router = engines._deployment_config.request_router_config
+    assert router.request_router_class == ROUTER
+    assert router.request_router_kwargs == {"load_factor": 1.5, "min_share": 2}
+    assert engines._deployment_config.graceful_shutdown_timeout_s == 7.0
+
+    auto = application(settings, Scaling(replicas=None, min_replicas=1, max_replicas=3, affinity=False))
+    engines = auto._bound_deployment.init_args[0]._bound_deployment
+    scaling = engines._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 3, 2)
+    assert "AffinityRouter" not in str(engines._deployment_config.request_router_config.request_router_class)
+    assert auto._bound_deployment.init_args[2:] == (None, False)

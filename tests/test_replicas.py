@@ -167,23 +167,42 @@ def test_streaming_and_metrics_work_through_the_proxy(replicas: Replicas):
 
 
 def test_a_killed_replica_loses_no_request_and_is_replaced(replicas: Replicas):
+    """12 requests run (and a long stream on the victim) when one replica is SIGKILLed: every
+    request is answered 200, the stream under way ends with an error event, and Serve starts a
+    replacement."""
     ids = replicas.replica_ids()
     victim = replicas.health().json()["replica_health"][ids[0]]["pid"]
-    body = {"messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": 120, "temperature": 0}
-    results: list[httpx.Response] = []
+    session = next(s for s in (f"s{n}" for n in range(100)) if preference(f"session:{s}", ids)[0] == ids[0])
+    body = {"messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": 400, "temperature": 0}
 
     def one(i: int) -> httpx.Response:
         return replicas.chat({**body, "messages": [{"role": "user", "content": f"{i}: {LONG_PROMPT}"}]})
 
+    # the tiny model may end a turn at any token: stream the greedy prompt that runs longest on the victim
+    probes = {p: replicas.chat({"messages": [{"role": "user", "content": p}], "max_tokens": 1500, "temperature": 0},
+                               headers={"x-session-id": session}).json()["usage"]["completion_tokens"]
+              for p in ("go on", "tell me a long story", "keep talking", "and then?")}
+    prompt = max(probes, key=probes.get)
+    assert probes[prompt] >= 200, probes
+    stream_body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 1500, "temperature": 0,
+                   "stream": True}
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(one, i) for i in range(12)]
-        time.sleep(0.5)
+        time.sleep(0.3)
         running = replicas.health().json()["in_flight"]
-        os.kill(victim, signal.SIGKILL)
+        with httpx.stream("POST", f"{replicas.base}/v1/chat/completions", json=stream_body, timeout=120,
+                          headers={"x-session-id": session}) as stream:
+            assert stream.headers[REPLICA_HEADER] == ids[0]
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")
+            os.kill(victim, signal.SIGKILL)  # the stream has just started; some of the 12 are still running
+            frames = [line[len("data: "):] for line in lines if line.startswith("data: ")]
         results = [f.result() for f in futures]
-    assert running > 0  # the kill came while requests were being served
+    assert running > 1  # the kill came while requests were being served
     assert [r.status_code for r in results] == [200] * 12, [r.text for r in results if r.status_code != 200]
     assert all(r.json()["choices"][0]["finish_reason"] in ("stop", "length") for r in results)
+    cut = json.loads(frames[-2]).get("error", {})  # the stream under way ends with an error event
+    assert frames[-1] == "[DONE]" and cut.get("code") == "unavailable", (len(frames), frames[-3:])
     took_s = _wait_for(lambda: _healthy(replicas) == 2 and ids[0] not in replicas.replica_ids(), 120, replicas)
     print(f"replaced in {took_s:.1f} s")
 

@@ -9,12 +9,16 @@ The key (first that applies):
 A request with none of these (an audio upload, a body that is not a chat) has no key and goes to
 the least-loaded replica.
 
-The replica: rendezvous (highest-random-weight) hashing over the live replica ids, so a replica
-joining or leaving moves only the keys it wins or held, with a bounded load (Mirrokni, Thorup and
-Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2017): the owner keeps the request unless
-it is over its share, `ceil(load_factor * (total + 1) / n)` ongoing requests, and never counts as
-over while it has a free slot (`min_share`); over it, the request goes to the least-loaded
-replica.
+The replica of a key seen for the first time: rendezvous (highest-random-weight) hashing over the
+live replica ids, so a replica joining or leaving moves only the keys it wins or held, with a
+bounded load (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2017):
+the owner takes the request unless it is over its share, `ceil(load_factor * (total + 1) / n)`
+ongoing requests, and it never counts as over while it has a free slot (`min_share`); over it,
+the request goes to the least-loaded replica. Where a key went is remembered (`Placements`), and
+its later requests go to the same replica for as long as that replica lives, whatever the load
+(the gateway remembers, and passes the replica to the router as `prefer`):
+moving a conversation costs a whole re-prefill (tens of seconds for an image on a CPU), so the
+load is balanced when conversations start, not by moving them.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 SESSION_HEADER = "x-session-id"
 REPLICA_HEADER = "x-phi4mm-replica"
 BODY_KEYS = ("user", "prompt_cache_key")
-DEFAULT_LOAD_FACTOR = 2.0
+DEFAULT_LOAD_FACTOR = 1.25
+REMEMBERED_KEYS = 100_000
 
 
 def affinity_key(headers: Mapping[str, str], body: Any) -> str | None:
@@ -98,3 +104,37 @@ def choose(key: str | None, loads: Mapping[str, int], load_factor: float = DEFAU
     if loads[owner] + 1 <= share:
         return [owner, *[rid for rid in by_load if rid != owner]]
     return by_load
+
+
+def rank(key: str | None, prefer: str | None, loads: Mapping[str, int], load_factor: float = DEFAULT_LOAD_FACTOR,
+         min_share: int = 1) -> list[str]:
+    """Replica ids ranked for one request: `prefer` (where the key went before) first while it is
+    live, then the others, least loaded first; otherwise as `choose`."""
+    if prefer is not None and prefer in loads:
+        return [prefer, *[rid for rid in sorted(loads, key=lambda r: loads[r]) if rid != prefer]]
+    return choose(key, loads, load_factor, min_share)
+
+
+class Placements:
+    """The replica each recent key was last served by, for the `capacity` most recently used keys."""
+
+    def __init__(self, capacity: int = REMEMBERED_KEYS):
+        self.capacity = capacity
+        self._replica: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, key: str | None) -> str | None:
+        if key is None or key not in self._replica:
+            return None
+        self._replica.move_to_end(key)
+        return self._replica[key]
+
+    def remember(self, key: str | None, replica_id: str) -> None:
+        if key is None:
+            return
+        self._replica[key] = replica_id
+        self._replica.move_to_end(key)
+        while len(self._replica) > self.capacity:
+            self._replica.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._replica)

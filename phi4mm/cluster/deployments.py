@@ -24,7 +24,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from phi4mm.cluster.affinity import REPLICA_HEADER, affinity_key
+from phi4mm.cluster.affinity import REPLICA_HEADER, Placements, affinity_key
 from phi4mm.cluster.bridge import Accepted, HttpRequest, ResponseStart, call_app
 from phi4mm.server.app import build_app, load_phi4mm, start_service
 from phi4mm.server.errors import BodyTooLarge, Unavailable, error_body
@@ -47,7 +47,7 @@ class EngineReplica:
         self.service = start_service(settings, load_phi4mm)
         self.app = build_app(settings)
 
-    async def forward(self, request: HttpRequest, affinity_key: str | None = None,
+    async def forward(self, request: HttpRequest, affinity_key: str | None = None, prefer: str | None = None,
                       exclude: tuple[str, ...] = ()) -> AsyncIterator[Accepted | ResponseStart | bytes]:
         """This replica's id, then the app's response to `request`, its start marked with that id.
         (The keyword arguments are read by the router, not here.)"""
@@ -80,6 +80,7 @@ class Gateway:
         self.settings = settings
         self.target_replicas = target_replicas  # None: autoscaling, read from Serve's status
         self.affinity = affinity
+        self.placements = Placements()  # where each conversation went: its later turns go there too
         self.in_flight = 0      # requests whose response has not ended yet
         self.draining = False
 
@@ -132,7 +133,8 @@ class Gateway:
         excluded: list[str] = []  # replicas that died under this request or refused it
         lost = 0
         while True:
-            stream = self.engines.options(stream=True).forward.remote(http, affinity_key=key, exclude=tuple(excluded))
+            stream = self.engines.options(stream=True).forward.remote(
+                http, affinity_key=key, prefer=self.placements.get(key), exclude=tuple(excluded))
             replica = None
             try:
                 replica = (await stream.__anext__()).replica
@@ -153,6 +155,7 @@ class Gateway:
                 stream.cancel()
                 excluded.append(replica)
                 continue
+            self.placements.remember(key, replica)
             return _relay(start, first, stream)
 
     async def _snapshots(self) -> list[dict]:

@@ -1,8 +1,9 @@
 """Serve's request-router hook for the engine deployment: conversation affinity with bounded load
 (the policy is phi4mm.cluster.affinity; this only adapts it to Serve's RequestRouter API).
 
-The gateway calls the engine's `forward` with `affinity_key=` (None: no key) and `exclude=` (ids of
-replicas that already refused this request). Each routing pass returns one rank per replica, best
+The gateway calls the engine's `forward` with `affinity_key=` (None: no key), `prefer=` (the replica
+the key went to before, as the gateway remembers it; None: not known) and `exclude=` (ids of
+replicas that died under this request or refused it). Each routing pass returns one rank per replica, best
 first; Serve sends the request to the first rank whose replica has room (under its
 max_ongoing_requests), and waits with back-off when none has."""
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from phi4mm.cluster.affinity import DEFAULT_LOAD_FACTOR, choose
+from phi4mm.cluster.affinity import DEFAULT_LOAD_FACTOR, rank
 
 
 class AffinityRouter(RequestRouter):
@@ -28,6 +29,6 @@ class AffinityRouter(RequestRouter):
         excluded = set(kwargs.get("exclude") or ())
         allowed = {rid: replica for rid, replica in by_id.items() if rid not in excluded} or by_id
         loads = {rid: self.replica_queue_len_cache.get(replica.replica_id) or 0 for rid, replica in allowed.items()}
-        ranked = choose(kwargs.get("affinity_key"), loads, getattr(self, "load_factor", DEFAULT_LOAD_FACTOR),
-                        getattr(self, "min_share", 1))
+        ranked = rank(kwargs.get("affinity_key"), kwargs.get("prefer"), loads, getattr(self, "load_factor",
+                      DEFAULT_LOAD_FACTOR), getattr(self, "min_share", 1))
         return [[allowed[rid]] for rid in ranked]
