@@ -155,7 +155,7 @@ def test_the_application_maps_the_flags_to_serve_options():
     assert engines.ray_actor_options["num_cpus"] == 3 and gateway.ray_actor_options["num_cpus"] == 0
     router = engines._deployment_config.request_router_config
     assert router.request_router_class == ROUTER
-    assert router.request_router_kwargs == {"load_factor": 1.5, "min_share": 2}
+    assert router.request_router_kwargs == {"load_factor": 1.5}
     assert engines._deployment_config.graceful_shutdown_timeout_s == 7.0
 
     auto = application(settings, Scaling(replicas=None, min_replicas=1, max_replicas=3, affinity=False))

@@ -47,7 +47,7 @@ def application(settings: ServerSettings, scaling: Scaling) -> Application:
     if scaling.affinity:
         engine_options["request_router_config"] = RequestRouterConfig(
             request_router_class=ROUTER,
-            request_router_kwargs={"load_factor": scaling.load_factor, "min_share": settings.parallel})
+            request_router_kwargs={"load_factor": scaling.load_factor})
     engines = serve.deployment(EngineReplica).options(**engine_options).bind(settings)
     gateway = serve.deployment(Gateway).options(max_ongoing_requests=GATEWAY_MAX_ONGOING,
                                                 ray_actor_options={"num_cpus": 0})
