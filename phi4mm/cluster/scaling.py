@@ -72,9 +72,9 @@ def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-affinity", dest="affinity", action="store_false", help="route with Serve's default router "
         "instead of by conversation (x-session-id, user, prompt_cache_key, or the first turns)")
     add("--affinity-load-factor", type=float, default=DEFAULT_LOAD_FACTOR,
-        help=f"a new conversation goes to the replica its key hashes to unless that replica holds more than "
-             f"this many times its share of the ongoing requests and has no free slot; then to the least "
-             f"loaded one (default {DEFAULT_LOAD_FACTOR}); its later turns follow it")
+        help=f"a new conversation goes to the replica its key hashes to unless that would put the replica "
+             f"over this many times its share of the ongoing requests; then to the least loaded one "
+             f"(default {DEFAULT_LOAD_FACTOR}); its later turns follow it")
 
 
 def scaling_from_args(args: argparse.Namespace) -> Scaling:
