@@ -138,24 +138,28 @@ def _replica(unique_id: str):
     return SimpleNamespace(replica_id=SimpleNamespace(unique_id=unique_id), max_ongoing_requests=100)
 
 
-def _router(queue_lens: dict[str, int], **state):
+def _router(sent: dict[str, int], **state):
+    """A router that has `sent[rid]` requests in flight on each replica."""
     pytest.importorskip("ray")
     from phi4mm.cluster.router import AffinityRouter
 
     router = AffinityRouter.__new__(AffinityRouter)  # Serve builds it with a deployment id; not needed here
-    router._replica_queue_len_cache = SimpleNamespace(get=lambda rid: queue_lens.get(rid.unique_id))
     router.initialize_state(**state)
+    for rid, n in sent.items():
+        for i in range(n):
+            router.sent[f"{rid}{i}"] = (rid, SimpleNamespace(future=SimpleNamespace(cancelled=lambda: False)))
     return router
 
 
-def _choose(router, replicas, **kwargs):
-    pending = SimpleNamespace(args=[], kwargs=kwargs)
+def _choose(router, replicas, request_id="r", **kwargs):
+    pending = SimpleNamespace(args=[], kwargs=kwargs, metadata=SimpleNamespace(internal_request_id=request_id),
+                              future=SimpleNamespace(cancelled=lambda: False))
     return [[r.replica_id.unique_id for r in rank] for rank in asyncio.run(router.choose_replicas(replicas, pending))]
 
 
 def test_the_serve_router_ranks_the_owner_first_and_honours_exclusions():
     replicas = [_replica(rid) for rid in ("a", "b", "c")]
-    router = _router({"a": 0, "b": 0, "c": 0}, load_factor=2.0, min_share=2)
+    router = _router({}, load_factor=2.0, min_share=2)
     key = "conversation:xyz"
     owner = preference(key, ["a", "b", "c"])[0]
     assert _choose(router, replicas, affinity_key=key)[0] == [owner]
@@ -168,7 +172,21 @@ def test_the_serve_router_ranks_the_owner_first_and_honours_exclusions():
     other = next(rid for rid in ("a", "b", "c") if rid != owner)
     assert _choose(router, replicas, affinity_key=key, prefer=other)[0] == [other]
     assert _choose(router, replicas, affinity_key=key, prefer=other, exclude=(other,))[0] == [owner]
-    # without a key: least loaded first, loads read from Serve's queue-length cache
+    # without a key: least loaded first, loads being the requests this router sent and not completed
     busy = _router({"a": 4, "b": 0, "c": 2})
     assert _choose(busy, replicas, affinity_key=None) == [["b"], ["c"], ["a"]]
-    assert _choose(busy, replicas) == [["b"], ["c"], ["a"]]
+    assert busy.loads(["a", "b", "c"]) == {"a": 4, "b": 1, "c": 2}  # the request just routed counts
+    busy.on_request_completed(None, "r")
+    assert busy.loads(["a", "b", "c"]) == {"a": 4, "b": 0, "c": 2}
+
+
+def test_a_burst_of_new_conversations_is_spread_by_the_router_s_own_count():
+    """Eight keys that all hash to one replica, routed at once (none completed): 4 and 4."""
+    replicas = [_replica(rid) for rid in ("a", "b")]
+    router = _router({})
+    keys = [k for k in (f"c{i}" for i in range(100)) if preference(k, ["a", "b"])[0] == "a"][:8]
+    placed = [_choose(router, replicas, request_id=k, affinity_key=k)[0][0] for k in keys]
+    assert sorted(placed) == ["a"] * 4 + ["b"] * 4
+    # a request cancelled while being routed stops counting
+    router.sent["c-gone"] = ("a", SimpleNamespace(future=SimpleNamespace(cancelled=lambda: True)))
+    assert router.loads(["a", "b"]) == {"a": 4, "b": 4}
