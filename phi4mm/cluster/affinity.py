@@ -34,8 +34,8 @@ SESSION_HEADER = "x-session-id"
 REPLICA_HEADER = "x-phi4mm-replica"
 BODY_KEYS = ("user", "prompt_cache_key")
 # 1: new conversations are spread evenly (nothing of theirs is cached anywhere, so an even spread
-# costs nothing); the hash only breaks ties. Measured: at 1.25, 8 image chats starting at once on 2
-# replicas of 4 slots split 5/3, and the 5 chats on 4 slots evicted each other's prefixes.
+# costs nothing); the hash only breaks ties. An uneven spread leaves more conversations on a replica
+# than it has slots, and they evict each other's prefixes.
 DEFAULT_LOAD_FACTOR = 1.0
 REMEMBERED_KEYS = 100_000
 
