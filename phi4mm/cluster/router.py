@@ -33,28 +33,22 @@ class AffinityRouter(RequestRouter):
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         excluded = set(kwargs.get("exclude") or ())
         allowed = {rid: replica for rid, replica in by_id.items() if rid not in excluded} or by_id
-        ranked = rank(kwargs.get("affinity_key"), kwargs.get("prefer"), self.loads(allowed),
-                      getattr(self, "load_factor", DEFAULT_LOAD_FACTOR), getattr(self, "min_share", 1))
+        ranked = rank(kwargs.get("affinity_key"), kwargs.get("prefer"), self.loads(allowed), self.load_factor,
+                      self.min_share)
         if pending_request is not None and ranked:  # Serve sends it to the first rank unless that one is full
-            self._sent()[pending_request.metadata.internal_request_id] = (ranked[0], pending_request)
+            self.sent[pending_request.metadata.internal_request_id] = (ranked[0], pending_request)
         return [[allowed[rid]] for rid in ranked]
 
     def loads(self, replica_ids) -> dict[str, int]:
         """Requests sent to each replica and not completed (requests cancelled while being routed
         are dropped here; Serve never reports them completed)."""
-        sent = self._sent()
-        for request_id in [r for r, (_, pending) in sent.items() if pending.future.cancelled()]:
-            sent.pop(request_id)
+        for request_id in [r for r, (_, pending) in self.sent.items() if pending.future.cancelled()]:
+            self.sent.pop(request_id)
         loads = dict.fromkeys(replica_ids, 0)
-        for rid, _ in sent.values():
+        for rid, _ in self.sent.values():
             if rid in loads:
                 loads[rid] += 1
         return loads
 
     def on_request_completed(self, replica_id, internal_request_id: str) -> None:
-        self._sent().pop(internal_request_id, None)
-
-    def _sent(self) -> dict:
-        if not hasattr(self, "sent"):
-            self.sent = {}
-        return self.sent
+        self.sent.pop(internal_request_id, None)
