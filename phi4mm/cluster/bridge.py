@@ -26,8 +26,7 @@ class HttpRequest:
     client: tuple[str, int] | None = None
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower().encode()
-        return next((v.decode("latin-1") for k, v in self.headers if k.lower() == wanted), None)
+        return header(self.headers, name)
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,12 @@ class Accepted:
 class ResponseStart:
     status: int
     headers: tuple[tuple[bytes, bytes], ...] = field(default=())
+
+
+def header(headers: tuple[tuple[bytes, bytes], ...], name: str) -> str | None:
+    """The first value of header `name` (any case) in raw ASGI headers."""
+    wanted = name.lower().encode()
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == wanted), None)
 
 
 async def call_app(app: Any, request: HttpRequest, state: dict | None = None) -> AsyncIterator[ResponseStart | bytes]:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from phi4mm.cluster.affinity import REPLICA_HEADER, Placements, affinity_key
-from phi4mm.cluster.bridge import Accepted, HttpRequest, ResponseStart, call_app
+from phi4mm.cluster.bridge import Accepted, HttpRequest, ResponseStart, call_app, header
 from phi4mm.server.app import build_app, load_phi4mm, start_service
 from phi4mm.server.errors import BodyTooLarge, Unavailable, error_body
 from phi4mm.server.metrics import merge_expositions
@@ -43,7 +43,6 @@ class ReplicaLost(Unavailable):
 class EngineReplica:
     def __init__(self, settings: ServerSettings):
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.settings = settings
         self.service = start_service(settings, load_phi4mm)
         self.app = build_app(settings)
 
@@ -159,15 +158,16 @@ class Gateway:
             return _relay(start, first, stream)
 
     async def _snapshots(self) -> list[dict]:
-        results = await self.engines.broadcast("snapshot").results_async(timeout_s=SNAPSHOT_TIMEOUT_S,
-                                                                         return_exceptions=True)
+        """Every replica's snapshot that came back within SNAPSHOT_TIMEOUT_S."""
+        try:
+            results = await self.engines.broadcast("snapshot").results_async(timeout_s=SNAPSHOT_TIMEOUT_S,
+                                                                             return_exceptions=True)
+        except TimeoutError:
+            return []
         return [r for r in results if isinstance(r, dict)]
 
     async def health(self) -> JSONResponse:
-        try:
-            snapshots = await self._snapshots()
-        except TimeoutError:
-            snapshots = []
+        snapshots = await self._snapshots()
         healthy = [s for s in snapshots if s["health"].get("status") == "ok"]
         target = self.target_replicas if self.target_replicas is not None else await asyncio.to_thread(_serve_target)
         status = "shutting_down" if self.draining else "ok" if healthy else "unavailable"
@@ -179,10 +179,7 @@ class Gateway:
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     async def metrics(self) -> Response:
-        try:
-            snapshots = await self._snapshots()
-        except TimeoutError:
-            snapshots = []
+        snapshots = await self._snapshots()
         body, content_type = merge_expositions({s["replica"]: s["metrics"] for s in snapshots})
         return Response(body, media_type=content_type)
 
@@ -208,12 +205,8 @@ def _json(http: HttpRequest):
         return None
 
 
-def _header(headers: tuple[tuple[bytes, bytes], ...], name: str) -> str | None:
-    return next((v.decode("latin-1") for k, v in headers if k.decode("latin-1").lower() == name), None)
-
-
 def _relay(start: ResponseStart, first: bytes, stream) -> Response:
-    sse = (_header(start.headers, "content-type") or "").startswith("text/event-stream")
+    sse = (header(start.headers, "content-type") or "").startswith("text/event-stream")
     response = StreamingResponse(_rest(first, stream, sse), status_code=start.status)
     response.raw_headers = list(start.headers)  # the replica's, content-length included
     return response

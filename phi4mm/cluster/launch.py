@@ -1,7 +1,7 @@
 """`phi4mm serve --replicas N`: locate the model once, start a local Ray instance (or join one),
 deploy the application with Serve's HTTP proxy on --host/--port, and serve until SIGTERM or
-Ctrl-C. Then Serve drains the requests in flight (each replica gets --shutdown-timeout, as the
-single process does) and shuts down, and the Ray instance this command started is stopped, so no
+Ctrl-C. Then the gateway drains the requests in flight (ServerSettings.shutdown_timeout_s, as the
+single process does), Serve shuts down, and the Ray instance this command started is stopped, so no
 Ray process is left behind."""
 
 from __future__ import annotations
